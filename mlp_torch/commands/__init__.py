@@ -1,0 +1,1 @@
+"""Subcommands of ``mlp-torch``; see :mod:`mlp_torch.cli` for the contract each module follows."""
