@@ -1,0 +1,30 @@
+"""The data layer: CIFAR cat/dog/bear, image folders and synthetic data, decoded once, batched on the device.
+
+    opts = DataOptions(dataset="cifar", classes=["cat", "dog", "bear"])
+    bundle = load_data(opts)                       # CPU uint8 (N, 3, H, W) splits
+    std = Standardizer.fit(bundle.train.x)         # train statistics only; saved with the model
+    train = bundle.train.to(device)                # moved once
+    for xb, yb in DeviceBatches(train.x, train.y, 128, std, generator=g): ...
+"""
+
+from .bundle import DataBundle, Split, balance_weights, load_data, stratified_split
+from .loader import DeviceBatches, class_weights, random_crop, random_flip
+from .options import DataOptions, add_data_arguments, data_options_from_args, default_cache_dir
+from .preprocess import Standardizer
+
+__all__ = [
+    "DataBundle",
+    "DataOptions",
+    "DeviceBatches",
+    "Split",
+    "Standardizer",
+    "add_data_arguments",
+    "balance_weights",
+    "class_weights",
+    "data_options_from_args",
+    "default_cache_dir",
+    "load_data",
+    "random_crop",
+    "random_flip",
+    "stratified_split",
+]

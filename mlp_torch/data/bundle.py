@@ -1,0 +1,182 @@
+"""``load_data(opts) -> DataBundle``: pick the source, decode it once (or read the cache), split it.
+
+The official train/test split is kept; validation is carved from train, per class (stratified),
+with a seeded permutation, so every class keeps its share and a seed always gives the same split.
+The split is cheap and is redone on every load, so it is not part of the cache key.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from . import cache, cifar, folder, synthetic
+from .loader import class_weights
+from .options import DataOptions
+
+
+@dataclass
+class Split:
+    """One split: uint8 images (N, 3, H, W) and int64 labels (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+    def counts(self, num_classes: int) -> list[int]:
+        return torch.bincount(self.y, minlength=num_classes).tolist()
+
+
+@dataclass
+class DataBundle:
+    """What a run trains on: the three splits (CPU uint8) and where they came from."""
+
+    classes: list[str]
+    image_size: int
+    source: str  # human readable, e.g. "CIFAR-10 + CIFAR-100 from data/"
+    train: Split
+    val: Split
+    test: Split
+    cache_path: Path | None = None
+    cache_hit: bool = False
+    load_seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_features(self) -> int:
+        return 3 * self.image_size * self.image_size
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per split, per class: how many images (the ``splits`` of ``mlp-torch data --json``)."""
+        return {name: dict(zip(self.classes, s.counts(self.num_classes))) for name, s in self.splits().items()}
+
+
+def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train_idx, val_idx)``: ``round(val_fraction * n_c)`` of each class go to validation.
+
+    Args:
+        y: int64 labels of the official train split.
+        val_fraction: in [0, 1).
+        seed: seeds the per-class permutations; the same seed gives the same split.
+    """
+    g = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for c in torch.unique(y).tolist():
+        members = torch.nonzero(y == c).flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        n_val = round(val_fraction * len(members))
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    as_sorted = lambda parts: torch.cat(parts).sort().values if parts else torch.zeros(0, dtype=torch.int64)  # noqa: E731
+    return as_sorted(train_idx), as_sorted(val_idx)
+
+
+def _decode_cached(opts: DataOptions, kind: str, root: Path, classes: list[str], fingerprint, decode):
+    """Run ``decode()`` unless the cache holds its result; returns ``(tensors, cache_path, hit)``."""
+    if not opts.cache:
+        return decode(), None, False
+    key = cache.cache_key(kind, root, classes, opts.image_size, fingerprint)
+    path = cache.cache_file(opts.resolved_cache_dir, kind, classes, opts.image_size, key)
+    tensors = cache.load_cached(path, key)
+    if tensors is not None:
+        return tensors, path, True
+    tensors = decode()
+    return tensors, (path if cache.save_cached(path, key, tensors) else None), False
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    resized = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _load_cifar(opts: DataOptions):
+    wanted = cifar.resolve_cifar_classes(opts.classes)
+    classes = [name for name, _ in wanted]
+    specs = cifar.archive_specs(opts)
+    keys = [k for k in specs if any(archive == k for _, archive in wanted)]
+    root = opts.data_root
+    folders = {k: cifar.ensure_extracted(specs[k], root, opts.download_timeout) for k in keys}
+    fingerprint = [cifar.source_fingerprint(specs[k], folders[k]) for k in keys]
+
+    def decode():
+        train_x, train_y, test_x, test_y = cifar.load_cifar(opts, wanted, folders)
+        return _resize(train_x, opts.image_size), train_y, _resize(test_x, opts.image_size), test_y
+
+    source = f"{' + '.join(specs[k].name for k in keys)} from {root}"
+    return classes, source, *_decode_cached(opts, "cifar", root, classes, fingerprint, decode)
+
+
+def _load_folder(opts: DataOptions):
+    root = opts.data_root
+    classes = list(opts.classes) if opts.classes is not None else folder.folder_classes(root)
+    images = folder.list_images(root, classes)
+    fingerprint = folder.source_fingerprint(images)
+    source = f"image folder {root}"
+    return classes, source, *_decode_cached(
+        opts, "folder", root, classes, fingerprint, lambda: folder.load_folder(images, opts.image_size))
+
+
+def _load_synthetic(opts: DataOptions):
+    classes = list(opts.classes) if opts.classes is not None else synthetic.synthetic_classes()
+    if len(classes) < 2:
+        raise DataError("synthetic data need at least 2 classes")
+    tensors = synthetic.make_synthetic(len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class,
+                                       opts.image_size, opts.seed)
+    return classes, f"synthetic (seed {opts.seed})", tensors, None, False
+
+
+def load_data(opts: DataOptions) -> DataBundle:
+    """Load the dataset ``opts`` describes: CPU uint8 splits, validation carved from train.
+
+    Args:
+        opts: which dataset, classes, image size, cache and split.
+    """
+    start = time.perf_counter()
+    loader = {"cifar": _load_cifar, "folder": _load_folder, "synthetic": _load_synthetic}[opts.dataset]
+    classes, source, (train_x, train_y, test_x, test_y), cache_path, hit = loader(opts)
+    if len(train_y) == 0:
+        raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
+    train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.seed)
+    return DataBundle(
+        classes=classes,
+        image_size=opts.image_size,
+        source=source,
+        train=Split(train_x[train_idx], train_y[train_idx]),
+        val=Split(train_x[val_idx], train_y[val_idx]),
+        test=Split(test_x, test_y),
+        cache_path=cache_path,
+        cache_hit=hit,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def balance_weights(opts: DataOptions, y: torch.Tensor, num_classes: int):
+    """``(loss_weights, sample_weights)`` for ``opts.balance``: at most one is not ``None``.
+
+    Args:
+        opts: ``balance`` is ``none``, ``weights`` (class-weighted loss) or ``sample`` (balanced batches).
+        y: training labels.
+        num_classes: C.
+    """
+    if opts.balance == "none":
+        return None, None
+    weights = class_weights(y, num_classes)
+    return (weights, None) if opts.balance == "weights" else (None, weights)

@@ -1,0 +1,90 @@
+"""Decoded datasets cached on disk as uint8 tensors, keyed by everything that decides their content.
+
+The key hashes the source kind, the resolved root, the classes, the image size and a fingerprint of
+the source (the archive md5 and file stats for CIFAR; every file's name, size and mtime for image
+folders), so a changed source gets a new key. A file that cannot be read back, or that carries a
+different key, is rebuilt rather than trusted. Writes go to a temporary file and are renamed into
+place, so a crash never leaves half a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+CACHE_FORMAT = 1
+TENSOR_KEYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def cache_key(kind: str, root: Path | None, classes: list[str], image_size: int, fingerprint: object) -> str:
+    """A hex digest of everything that decides the decoded tensors.
+
+    Args:
+        kind: ``cifar`` or ``folder``.
+        root: the data root (resolved to an absolute path here).
+        classes: class names in label order.
+        image_size: the side images are resized to.
+        fingerprint: anything JSON-serialisable that changes when the source files change.
+    """
+    blob = json.dumps([CACHE_FORMAT, kind, str(root.resolve()) if root else None, classes, image_size, fingerprint],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_file(cache_dir: Path, kind: str, classes: list[str], image_size: int, key: str) -> Path:
+    label = "-".join(classes) if len(classes) <= 4 else f"{len(classes)}classes"
+    return cache_dir / f"{kind}-{label}-{image_size}px-{key[:16]}.pt"
+
+
+def load_cached(path: Path, key: str) -> tuple[torch.Tensor, ...] | None:
+    """The cached ``(train_x, train_y, test_x, test_y)``, or ``None`` if absent, unreadable or stale.
+
+    Args:
+        path: from :func:`cache_file`.
+        key: from :func:`cache_key`; the file must carry the same one.
+    """
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("key") != key:
+            return None
+        tensors = tuple(blob[k] for k in TENSOR_KEYS)
+    except Exception:  # noqa: BLE001 - truncated, foreign or corrupt: rebuild it
+        return None
+    x_ok = all(t.dtype == torch.uint8 and t.dim() == 4 for t in tensors[0::2])
+    y_ok = all(t.dtype == torch.int64 and t.dim() == 1 for t in tensors[1::2])
+    if not (x_ok and y_ok and len(tensors[0]) == len(tensors[1]) and len(tensors[2]) == len(tensors[3])):
+        return None
+    return tensors
+
+
+def save_cached(path: Path, key: str, tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Write the tensors atomically; warn and go on (returning False) if the cache dir is not writable.
+
+    Args:
+        path: from :func:`cache_file`.
+        key: from :func:`cache_key`.
+        tensors: ``(train_x, train_y, test_x, test_y)``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"key": key, **dict(zip(TENSOR_KEYS, tensors))}, f)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:
+        warnings.warn(f"could not write the data cache {path} ({err}); pass --cache-dir DIR to put it elsewhere",
+                      stacklevel=2)
+        return False
+    return True

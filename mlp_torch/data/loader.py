@@ -1,0 +1,125 @@
+"""Batches cut from tensors that already sit on the device: no per-sample Python, no PIL, no workers.
+
+Each epoch draws one permutation (or, for ``--balance sample``, one class-balanced multinomial
+draw) on the device, then slices it. Augmentation runs on the uint8 batch before it is flattened
+and standardised. All randomness comes from the ``torch.Generator`` passed in, so the trainer can
+save and restore its state and resume bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .preprocess import Standardizer
+
+
+def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights ``w_c ∝ 1 / n_c``, normalised to mean 1 over present classes.
+
+    Args:
+        y: int64 labels (N,).
+        num_classes: C; a class absent from ``y`` gets weight 0.
+    """
+    counts = torch.bincount(y, minlength=num_classes).to(torch.float32)
+    inverse = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
+    return inverse / inverse[counts > 0].mean()
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image (B, C, H, W) left-right with probability 1/2."""
+    flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad each image (B, C, H, W) by ``pad`` pixels and cut a random H x W window back out."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))  # B,C,H+2p,W+2p
+    top = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=x.device)
+    left = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=x.device)
+    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # B,1,H,1
+    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # B,1,1,W
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]  # B,C,H,W
+
+
+class DeviceBatches:
+    """Iterate ``(xb float32 (B, 3*H*W) standardised, yb int64 (B,))`` over tensors on one device.
+
+    Args:
+        x: uint8 images (N, 3, H, W) on the device.
+        y: int64 labels (N,) on the same device.
+        batch_size: images per batch.
+        standardizer: fitted on train; applied after augmentation.
+        shuffle: a fresh order each epoch (ignored when ``sample_weights`` is given: that draws anyway).
+        generator: the only source of randomness; must live on ``x``'s device. ``None`` makes one
+            seeded with 0, so an evaluation loader needs none.
+        augment_flip: random horizontal flips.
+        augment_crop: random crops after zero-padding by this many pixels (0 = off).
+        sample_weights: per-class weights (C,) for balanced sampling: each epoch draws N indices with
+            replacement, index i with probability ∝ ``sample_weights[y[i]]``.
+        drop_last: drop the last, smaller batch.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        standardizer: Standardizer,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        augment_flip: bool = False,
+        augment_crop: int = 0,
+        sample_weights: torch.Tensor | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} images but y has {len(y)} labels")
+        if x.device != y.device:
+            raise ValueError(f"x is on {x.device} but y is on {y.device}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if generator is None:
+            generator = torch.Generator(x.device).manual_seed(0)
+        if generator.device.type != x.device.type:
+            raise ValueError(f"the generator is on {generator.device} but the data are on {x.device}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.standardizer = standardizer.to(x.device)
+        self.shuffle = shuffle
+        self.generator = generator
+        self.augment_flip = augment_flip
+        self.augment_crop = augment_crop
+        self.drop_last = drop_last
+        self.per_sample = None if sample_weights is None else sample_weights.to(x.device, torch.float32)[y]
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        n = len(self.x)
+        if self.per_sample is not None:
+            return torch.multinomial(self.per_sample, n, replacement=True, generator=self.generator)
+        if self.shuffle:
+            return torch.randperm(n, generator=self.generator, device=self.x.device)
+        return torch.arange(n, device=self.x.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if len(self.x) == 0:
+            return
+        order = self._order()
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx]
+            if self.augment_crop:
+                xb = random_crop(xb, self.augment_crop, self.generator)
+            if self.augment_flip:
+                xb = random_flip(xb, self.generator)
+            yield self.standardizer(xb), self.y[idx]

@@ -1,0 +1,78 @@
+"""Per-pixel standardisation, fitted on the training split only and carried with the model.
+
+``x̂ = (x − μ) / σ`` with μ, σ one number per input feature (3·H·W of them), measured on the
+training images in grey levels (0…255). Validation, test and predict reuse the same μ, σ: fitting
+them on anything but train would leak those images into the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIN_STD = 1.0  # grey levels: a pixel that never varies in train is left unscaled, not blown up
+
+
+class Standardizer:
+    """``std(x_uint8) -> float32 (B, 3*H*W)``: flatten, subtract the train mean, divide by the train std."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        if mean.dim() != 1 or mean.shape != std.shape:
+            raise ValueError(f"mean and std must be matching vectors, got {tuple(mean.shape)} and {tuple(std.shape)}")
+        self.mean = mean.to(torch.float32)
+        self.std = std.to(torch.float32)
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, min_std: float = MIN_STD, chunk: int = 4096) -> Standardizer:
+        """Measure per-feature mean and std on training images.
+
+        Args:
+            x: the training images, uint8 (N, 3, H, W) or (N, D), on any device.
+            min_std: the std is clamped to at least this many grey levels.
+            chunk: images per step, so float64 copies of a large split never sit in memory at once.
+        """
+        if len(x) < 2:
+            raise ValueError(f"need at least 2 training images to standardise, got {len(x)}")
+        flat = x.reshape(len(x), -1)
+        total = torch.zeros(flat.shape[1], dtype=torch.float64, device=x.device)
+        total_sq = torch.zeros_like(total)
+        for start in range(0, len(flat), chunk):
+            part = flat[start:start + chunk].to(torch.float64)
+            total += part.sum(0)
+            total_sq += part.square().sum(0)
+        n = len(flat)
+        mean = total / n
+        var = (total_sq - n * mean.square()).clamp_min(0) / (n - 1)  # exact enough: values are 0..255
+        return cls(mean, var.sqrt().clamp_min(min_std))
+
+    @property
+    def in_features(self) -> int:
+        return self.mean.numel()
+
+    def to(self, device: torch.device | str) -> Standardizer:
+        return Standardizer(self.mean.to(device), self.std.to(device))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        if flat.shape[1] != self.in_features:
+            raise ValueError(f"images have {flat.shape[1]} features, the standardiser was fitted on {self.in_features}")
+        if self.mean.device != flat.device:
+            self.mean, self.std = self.mean.to(flat.device), self.std.to(flat.device)
+        return (flat.to(torch.float32) - self.mean) / self.std
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean.detach().cpu(), "std": self.std.detach().cpu()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> Standardizer:
+        """Rebuild from :meth:`state_dict` (plain tensors, so ``torch.load(weights_only=True)`` reads it).
+
+        Args:
+            state: a dict with ``mean`` and ``std``.
+        """
+        missing = {"mean", "std"} - set(state)
+        if missing:
+            raise ValueError(f"standardiser state lacks {', '.join(sorted(missing))}")
+        return cls(state["mean"], state["std"])
+
+    def __repr__(self) -> str:
+        return f"Standardizer(in_features={self.in_features}, device={self.mean.device})"
