@@ -177,10 +177,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(logits: Tensor, wy: Tensor) -> Tensor:
-        # log ŷ_c = a_c − log Σ_k e^{a_k}; logsumexp subtracts the row max first, so it is
-        # finite for any finite logits (a naive softmax gives inf/inf = NaN near |a| ≈ 90 in float32).
-        log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # N,C
-        return -(wy * log_probs).sum(1)  # N
+        return -(wy * _log_softmax(logits)).sum(1)  # ℓ_n = −Σ_c w_c y_nc log ŷ_nc, N
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
@@ -192,14 +189,35 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dloss: Tensor) -> tuple[Tensor, Tensor | None]:
         logits, wy = ctx.saved_tensors
-        probs = torch.exp(logits - torch.logsumexp(logits, dim=1, keepdim=True))  # ŷ = softmax(a), N,C
+        shifted = _shift_by_row_max(logits)  # N,C
+        exp = torch.exp(shifted)  # N,C, each in (0, 1]
+        probs = exp / exp.sum(1, keepdim=True)  # ŷ = softmax(a), N,C
         # dℓ/da_i = ŷ_i − y_i  (with weights and soft targets: ŷ_i Σ_c w_c y_c − w_i y_i)
         dlogits = dloss[:, None] * (probs * wy.sum(1, keepdim=True) - wy)  # N,C
         dwy = None
         if ctx.needs_input_grad[1]:
             # dℓ/dy_c = −log ŷ_c
-            dwy = -dloss[:, None] * (logits - torch.logsumexp(logits, dim=1, keepdim=True))
+            dwy = -dloss[:, None] * _log_softmax(logits)
         return dlogits, dwy
+
+
+def _shift_by_row_max(logits: Tensor) -> Tensor:
+    """``a − max_k a_k`` per row: softmax is unchanged, and every ``e^{a}`` is now in (0, 1].
+
+    The subtraction is exact for the largest entries, which keeps ``ŷ`` accurate even at
+    ``|a| = 1e4`` in float32 (where ``a − logsumexp(a)`` would lose digits to the rounding of
+    ``logsumexp`` at that magnitude). The shift is a constant: its gradient is zero.
+    """
+    return logits - logits.detach().amax(dim=1, keepdim=True)
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """``log ŷ_c = a_c − log Σ_k e^{a_k}``, finite for any finite logits.
+
+    A naive ``e^{a} / Σ e^{a}`` gives ``inf/inf = NaN`` once ``a ≳ 89`` in float32.
+    """
+    shifted = _shift_by_row_max(logits)  # N,C
+    return shifted - torch.log(torch.exp(shifted).sum(1, keepdim=True))  # N,C
 
 
 # --------------------------------------------------------------------------------------------
