@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .base import BACKENDS, Classifier, check_choice
 from .mlp import ACTIVATIONS, MLP, LinearSoftmax
+from .options import MODEL_KINDS, add_model_arguments, model_kwargs_from_args
 from .perceptron import Perceptron
 
 __all__ = [
@@ -22,10 +23,10 @@ __all__ = [
     "LinearSoftmax",
     "MLP",
     "Perceptron",
+    "add_model_arguments",
     "build_model",
+    "model_kwargs_from_args",
 ]
-
-MODEL_KINDS: tuple[str, ...] = ("softmax", "mlp", "perceptron")
 
 
 def build_model(
