@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .. import functional as MF
 from . import manual
+from ..errors import UsageError
 from .base import Classifier, check_size
 
 
@@ -54,7 +55,7 @@ class Perceptron(Classifier):
         self.in_features = check_size("in_features", in_features)
         self.num_classes = check_size("num_classes", num_classes)
         if num_classes < 2:
-            raise ValueError(f"a perceptron needs at least 2 classes, got {num_classes}")
+            raise UsageError(f"a perceptron needs at least 2 classes, got {num_classes}")
         self.binary = num_classes == 2
         self.layers = nn.ModuleList([nn.Linear(self.in_features, 1 if self.binary else self.num_classes)])
         with torch.no_grad():
