@@ -42,15 +42,15 @@ def folder_classes(root: Path) -> list[str]:
     return names
 
 
-def list_images(root: Path, classes: list[str]) -> dict[str, list[tuple[Path, int]]]:
-    """Every image file per split, as ``(path, label)`` sorted by class order then file name.
+def list_images(root: Path, classes: list[str]) -> dict[str, list[tuple[str, int, int, int]]]:
+    """Every image file per split as ``(path, label, size, mtime_ns)``, by class order then file name.
 
     Args:
         root: the image folder.
         classes: class folder names, labelled 0..K-1 in this order.
     """
     _check_root(root)
-    found: dict[str, list[tuple[Path, int]]] = {}
+    found: dict[str, list[tuple[str, int, int, int]]] = {}
     for split in SPLITS:
         found[split] = []
         for label, name in enumerate(classes):
@@ -59,26 +59,25 @@ def list_images(root: Path, classes: list[str]) -> dict[str, list[tuple[Path, in
                 present = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
                 raise DataError(f"class folder {folder} is missing; classes found in {root / split}: "
                                 f"{', '.join(present) or 'none'}")
-            files = sorted(e.path for e in os.scandir(folder)
-                           if e.is_file() and not e.name.startswith(".")
-                           and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+            files = []
+            for entry in os.scandir(folder):
+                if (not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                        and entry.is_file()):
+                    st = entry.stat()
+                    files.append((entry.path, label, st.st_size, st.st_mtime_ns))
             if not files:
                 raise DataError(f"{folder} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-            found[split] += [(Path(f), label) for f in files]
+            found[split] += sorted(files)
     return found
 
 
-def source_fingerprint(images: dict[str, list[tuple[Path, int]]]) -> list:
-    """Each file's name, size and mtime: any added, removed or rewritten image changes the cache key."""
-    fingerprint = []
-    for split, items in images.items():
-        for path, label in items:
-            st = path.stat()
-            fingerprint.append((split, label, path.name, st.st_size, st.st_mtime_ns))
-    return fingerprint
+def source_fingerprint(images: dict[str, list[tuple[str, int, int, int]]]) -> list:
+    """Each file's name, label, size and mtime: an added, removed or rewritten image changes the cache key."""
+    return [(split, os.path.basename(path), label, size, mtime)
+            for split, items in images.items() for path, label, size, mtime in items]
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+def _decode(path: str, size: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -91,7 +90,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path} ({err}); delete or replace it") from None
 
 
-def load_folder(images: dict[str, list[tuple[Path, int]]], size: int):
+def load_folder(images: dict[str, list[tuple[str, int, int, int]]], size: int):
     """Decode every listed image into ``(train_x, train_y, test_x, test_y)``: uint8 (N, 3, S, S), int64 (N,).
 
     Args:
@@ -102,9 +101,8 @@ def load_folder(images: dict[str, list[tuple[Path, int]]], size: int):
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for split in SPLITS:
-            paths = [p for p, _ in images[split]]
-            pixels = list(pool.map(lambda p: _decode(p, size), paths))
+            pixels = list(pool.map(lambda item: _decode(item[0], size), images[split]))
             x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()  # N,H,W,3 -> N,3,H,W
-            y = torch.tensor([label for _, label in images[split]], dtype=torch.int64)
+            y = torch.tensor([item[1] for item in images[split]], dtype=torch.int64)
             out += [x, y]
     return tuple(out)
