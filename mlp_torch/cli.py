@@ -19,7 +19,7 @@ from . import __version__
 from .errors import MlpTorchError
 
 # Order here is the order in `mlp-torch --help`. A module is listed once it exists.
-COMMANDS: tuple[str, ...] = ("gradcheck", "data", "compare")
+COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "compare", "gradcheck", "data")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

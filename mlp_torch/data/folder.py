@@ -106,3 +106,18 @@ def load_folder(images: dict[str, list[tuple[str, int, int, int]]], size: int):
             y = torch.tensor([item[1] for item in images[split]], dtype=torch.int64)
             out += [x, y]
     return tuple(out)
+
+
+def read_image(path: str | Path, size: int) -> torch.Tensor:
+    """One image file as uint8 ``(3, size, size)``, decoded exactly as the folder dataset decodes it.
+
+    Args:
+        path: any image Pillow reads (converted to RGB, EXIF-rotated, resized bilinearly).
+        size: the side of the square output.
+
+    Raises:
+        DataError: the file is missing or not a readable image.
+    """
+    if not Path(path).is_file():
+        raise DataError(f"image {path} does not exist")
+    return torch.from_numpy(_decode(str(path), size)).permute(2, 0, 1).contiguous()  # H,W,3 -> 3,H,W

@@ -103,6 +103,24 @@ class DeviceBatches:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def epoch_order(self) -> torch.Tensor:
+        """This epoch's sample order (draws from the generator); feed it to :meth:`batch`."""
+        return self._order()
+
+    def batch(self, order: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``i`` of an epoch whose order came from :meth:`epoch_order`, augmented and standardised.
+
+        Iterating yields exactly ``batch(order, 0), batch(order, 1), …``; the trainer calls these
+        two directly so that it can stop after any batch and resume at the next one.
+        """
+        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        xb = self.x[idx]
+        if self.augment_crop:
+            xb = random_crop(xb, self.augment_crop, self.generator)
+        if self.augment_flip:
+            xb = random_flip(xb, self.generator)
+        return self.standardizer(xb), self.y[idx]
+
     def _order(self) -> torch.Tensor:
         n = len(self.x)
         if self.per_sample is not None:
@@ -114,12 +132,6 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if len(self.x) == 0:
             return
-        order = self._order()
+        order = self.epoch_order()
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = self.x[idx]
-            if self.augment_crop:
-                xb = random_crop(xb, self.augment_crop, self.generator)
-            if self.augment_flip:
-                xb = random_flip(xb, self.generator)
-            yield self.standardizer(xb), self.y[idx]
+            yield self.batch(order, i)

@@ -1,0 +1,49 @@
+"""``mlp-torch predict CHECKPOINT IMAGE…``: the most likely classes of each image, with probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..cli import HelpFormatter
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify image files with a trained model",
+        description="Print the top classes of each image with their softmax probabilities. The checkpoint\n"
+                    "carries the class names, image size and normalisation; images of any size and mode\n"
+                    "are converted to RGB and resized as in training.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT", help="a run directory or a .pt file")
+    parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files (jpg, png, ...)")
+    parser.add_argument("--top", type=int, default=3, help="classes to show per image")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the predictions to PATH as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from ..training.inference import load_model, predict_images
+    from ..utils import select_device
+
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, got {args.top}")
+    loaded = load_model(args.checkpoint, select_device(args.device))
+    predictions = predict_images(loaded, args.images, args.top)
+    for path, top in zip(args.images, predictions):
+        print(f"{path}")
+        for name, p in top:
+            print(f"  {name:<16} {100 * p:6.2f} %")
+    if loaded.model.kind == "perceptron":
+        print("(a perceptron is not a probabilistic model: these are softmax-normalised scores)")
+    if args.json:
+        args.json.write_text(json.dumps(
+            [{"image": str(path), "top": [{"class": n, "probability": p} for n, p in top]}
+             for path, top in zip(args.images, predictions)], indent=2) + "\n")
+    return 0

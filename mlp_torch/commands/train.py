@@ -1,0 +1,108 @@
+"""``mlp-torch train``: train a model, log to TensorBoard, save checkpoints and metrics in a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..cli import HelpFormatter
+from ..data import add_data_arguments, data_options_from_args
+from ..models import add_model_arguments
+from ..training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+
+# Only these may change when a run is resumed; everything else comes from its config.json.
+RESUMABLE = ("epochs", "device", "progress")
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd program
+
+
+def register(subparsers: Any) -> None:
+    d = TrainConfig()
+    parser = subparsers.add_parser(
+        "train",
+        help="train a classifier; runs go to runs/<date-time>_<name>/",
+        description=(
+            "Train the lecture's classifiers. With no flags: the two-layer sigmoid MLP (3072-512-C)\n"
+            "on CIFAR cat/dog/bear with our hand-written autograd Functions (--backend custom), on the\n"
+            "best device available. Each run writes config.json, metrics.json, TensorBoard event files\n"
+            "and checkpoints/{best,last}.pt into a new run directory."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    add_model_arguments(parser)
+    parser.set_defaults(model=d.model, hidden=d.hidden, activation=d.activation, backend=d.backend)
+    add_data_arguments(parser)
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd (the lecture's) or adam")
+    opt.add_argument("--lr", type=float, default=d.lr, help="peak learning rate η")
+    opt.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (0 = plain SGD)")
+    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov,
+                     help="Nesterov momentum")
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty λ (adds λw to ∂ℓ/∂w)")
+    opt.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule after warm-up")
+    opt.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                     help="linear warm-up from 0 to --lr over this many epochs")
+    opt.add_argument("--step-size", type=int, default=d.step_size, help="schedule step: epochs between decays")
+    opt.add_argument("--gamma", type=float, default=d.gamma, help="schedule step: decay factor")
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=d.seed, help="seeds initialisation, split, shuffling, augmentation")
+    run.add_argument("--device", default=d.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    run.add_argument("--runs-dir", type=Path, default=d.runs_dir, help="where run directories are created")
+    run.add_argument("--name", default=d.name, help="run name (default: from the model, e.g. mlp512-sigmoid-custom)")
+    run.add_argument("--check-grads-every", type=int, default=d.check_grads_every, metavar="N",
+                     help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)")
+    run.add_argument("--histogram-every", type=int, default=d.histogram_every, metavar="N",
+                     help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress,
+                     help="show a progress bar per epoch")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue RUN_DIR from checkpoints/last.pt with its own config.json "
+                          f"(only {', '.join('--' + k for k in RESUMABLE)} may change)")
+    parser.set_defaults(func=run_train, _parser=parser)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` the parsed flags describe."""
+    return TrainConfig(
+        model=args.model, hidden=list(args.hidden), activation=args.activation, backend=args.backend,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, step_size=args.step_size, gamma=args.gamma, seed=args.seed,
+        device=args.device, runs_dir=args.runs_dir, name=args.name, check_grads_every=args.check_grads_every,
+        histogram_every=args.histogram_every, progress=args.progress, data=data_options_from_args(args),
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..training import load_run_config, train
+
+    if args.resume is None:
+        config = config_from_args(args)
+        metrics = train(config)
+    else:
+        config = load_run_config(args.resume)
+        explicit = _explicit_flags(args)
+        ignored = sorted(explicit - set(RESUMABLE) - {"resume"})
+        if ignored:
+            print("mlp-torch train: note: with --resume the run's config.json decides; ignoring "
+                  + ", ".join("--" + k.replace("_", "-") for k in ignored), file=sys.stderr)
+        for key in set(RESUMABLE) & explicit:
+            setattr(config, key, getattr(args, key))
+        config.validate()
+        metrics = train(config, resume=args.resume)
+    if metrics["status"] == "interrupted":
+        run_dir = Path(metrics["run_dir"])
+        print(f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
+              f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}")
+        return INTERRUPTED_EXIT
+    return 0
+
+
+def _explicit_flags(args: argparse.Namespace) -> set[str]:
+    """Destinations whose value differs from the parser's default (flags the user typed)."""
+    parser: argparse.ArgumentParser = args._parser
+    return {key for key, value in vars(args).items()
+            if not key.startswith("_") and key not in ("func", "command") and value != parser.get_default(key)}

@@ -1,0 +1,148 @@
+"""The run configuration: one typed dataclass, built from the command line, saved as ``config.json``.
+
+Every number that changes a run's result lives here, so ``config.json`` alone rebuilds the run
+(``--resume`` reads it back). Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import DataOptions
+from ..errors import UsageError
+from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults: the lecture's two-layer sigmoid MLP.
+
+    The defaults reach about 65 % test accuracy on CIFAR cat/dog in about a minute on a laptop CPU
+    (see README, "Results"); augmentation and weight decay keep the 1.5 M-parameter net from
+    memorising its 9,000 training images.
+    """
+
+    # model
+    model: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [512])
+    activation: str = "sigmoid"
+    backend: str = "custom"
+    # optimisation (the lecture's SGD, with the usual refinements)
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    step_size: int = 10  # epochs between decays, for schedule "step"
+    gamma: float = 0.1  # decay factor, for schedule "step"
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"
+    runs_dir: Path = Path("runs")
+    name: str = ""
+    check_grads_every: int = 0  # steps; 0 = off
+    histogram_every: int = 1  # epochs between histograms / weight images; 0 = off
+    progress: bool = True
+    data: DataOptions = field(default_factory=DataOptions)
+
+    def __post_init__(self) -> None:
+        self.runs_dir = Path(self.runs_dir)
+        self.hidden = [int(h) for h in self.hidden]
+        if isinstance(self.data, dict):
+            self.data = data_options_from_dict(self.data)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` naming the first bad value and what is allowed."""
+        _choice("--model", self.model, MODEL_KINDS)
+        _choice("--activation", self.activation, ACTIVATIONS)
+        _choice("--backend", self.backend, BACKENDS)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        if any(h < 1 for h in self.hidden):
+            raise UsageError(f"--hidden sizes must be positive integers, got {' '.join(map(str, self.hidden))}")
+        _positive("--lr", self.lr)
+        _positive("--epochs", self.epochs)
+        _positive("--batch-size", self.batch_size)
+        _positive("--step-size", self.step_size)
+        if not 0.0 <= self.momentum < 1.0:
+            raise UsageError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise UsageError("--nesterov needs --momentum > 0 (or pass --no-nesterov)")
+        if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
+            raise UsageError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
+        if not 0 < self.gamma <= 1:
+            raise UsageError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if self.warmup_epochs < 0:
+            raise UsageError(f"--warmup-epochs must be ≥ 0, got {self.warmup_epochs}")
+        if self.check_grads_every < 0 or self.histogram_every < 0:
+            raise UsageError("--check-grads-every and --histogram-every must be ≥ 0 (0 turns them off)")
+        if self.name and any(c in self.name for c in "/\\") or self.name in (".", ".."):
+            raise UsageError(f"--name {self.name!r} must be a plain name, without path separators")
+
+    @property
+    def run_name(self) -> str:
+        """``--name``, or a description of the model such as ``mlp512-sigmoid-custom``."""
+        if self.name:
+            return self.name
+        if self.model == "mlp":
+            return f"mlp{'x'.join(map(str, self.hidden)) or '0'}-{self.activation}-{self.backend}"
+        return f"{self.model}-{self.backend}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: paths as strings, the data options as a nested dict."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise :class:`UsageError`.
+
+        Args:
+            values: as read from ``config.json`` (its ``config`` entry).
+        """
+        _reject_unknown("config", values, cls)
+        return cls(**values)
+
+
+def data_options_from_dict(values: dict[str, Any]) -> DataOptions:
+    """Rebuild :class:`DataOptions` from its ``to_dict`` form; unknown keys raise :class:`UsageError`."""
+    _reject_unknown("data options", values, DataOptions)
+    return DataOptions(**values)
+
+
+def _reject_unknown(what: str, values: dict[str, Any], cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"unknown {what} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
+
+
+def _positive(flag: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{flag} must be a positive number, got {value}")

@@ -1,0 +1,53 @@
+"""The optimizer (the lecture's SGD, optionally with momentum / Nesterov / weight decay, or Adam)
+and a per-step learning-rate schedule: linear warm-up, then constant, step decay or cosine.
+
+    warm-up   η_t = η · (t + 1) / T_w                      for t < T_w steps
+    constant  η_t = η
+    step      η_t = η · γ^⌊epoch / step_size⌋
+    cosine    η_t = η · ½ (1 + cos(π · (t − T_w) / (T − T_w)))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from .config import TrainConfig
+
+
+def build_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (``w ← w − η ∂ℓ/∂w``, with momentum/Nesterov/weight decay as configured) or Adam."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+
+
+class LRFactor:
+    """The schedule's multiplier of ``--lr`` at optimizer step ``t`` (a picklable callable)."""
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
+        self.schedule = config.schedule
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.total = config.epochs * self.steps_per_epoch
+        self.warmup = min(round(config.warmup_epochs * self.steps_per_epoch), self.total)
+        self.step_size = config.step_size
+        self.gamma = config.gamma
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return (t + 1) / self.warmup
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "step":
+            return self.gamma ** (t // (self.step_size * self.steps_per_epoch))
+        progress = (t - self.warmup) / max(self.total - self.warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LambdaLR:
+    """A scheduler stepped once per optimizer step; its state is just the step count."""
+    return LambdaLR(optimizer, LRFactor(config, steps_per_epoch))

@@ -1,0 +1,103 @@
+"""What a run writes for TensorBoard, all into the run's own directory (one event file).
+
+Scalars (x axis: epoch, except ``grad_check/*``, which uses the global step):
+
+    loss/train  loss/val  accuracy/train  accuracy/val  accuracy/val_balanced  lr
+    grad_norm/layer{i}  weight_norm/layer{i}       ‖∂ℓ/∂θ‖ and ‖θ‖ per layer: a deep sigmoid
+                                                    net's vanishing gradient shows here
+    grad_check/max_rel_error                         with --check-grads-every
+
+Histograms: ``weights/layer{i}``, ``gradients/layer{i}``, ``activations/hidden{i}`` (sigmoid
+saturation piles up at 0 and 1). Images: ``weights/templates`` (the linear classifier's rows, or
+the first layer's, as 32×32 colour templates, each min-max scaled) and ``confusion/val``.
+Text: ``config``. At the end, ``add_hparams``-style summaries with the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+MAX_TEMPLATES = 64  # first-layer rows shown as images (a 512-unit layer would be unreadable)
+CELL = 24  # pixels per confusion-matrix cell
+
+
+class RunLogger:
+    """A thin layer over ``SummaryWriter`` with the tags this project uses."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def config(self, config: dict[str, Any]) -> None:
+        self.writer.add_text("config", "```json\n" + json.dumps(config, indent=2) + "\n```", 0)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def layer_norms(self, model: torch.nn.Module, grad_norms: list[float], epoch: int) -> None:
+        """``grad_norm/layer{i}`` (averaged over the epoch's steps) and ``weight_norm/layer{i}``."""
+        for i, layer in enumerate(model.layers):
+            self.writer.add_scalar(f"grad_norm/layer{i}", grad_norms[i], epoch)
+            self.writer.add_scalar(f"weight_norm/layer{i}", _layer_norm(list(layer.parameters())), epoch)
+
+    def histograms(self, model: torch.nn.Module, hidden: list[Tensor], epoch: int) -> None:
+        for i, layer in enumerate(model.layers):
+            self.writer.add_histogram(f"weights/layer{i}", layer.weight.detach().float().cpu(), epoch)
+            if layer.weight.grad is not None:
+                self.writer.add_histogram(f"gradients/layer{i}", layer.weight.grad.detach().float().cpu(), epoch)
+        for i, h in enumerate(hidden):
+            self.writer.add_histogram(f"activations/hidden{i}", h.detach().float().cpu(), epoch)
+
+    def templates(self, weight: Tensor, image_size: int, epoch: int) -> None:
+        """Rows of the first weight matrix as colour images, each min-max scaled to [0, 1]."""
+        rows = weight.detach().float().cpu()[:MAX_TEMPLATES]
+        if rows.shape[1] != 3 * image_size * image_size:
+            return
+        images = rows.reshape(-1, 3, image_size, image_size)
+        low = images.amin(dim=(1, 2, 3), keepdim=True)
+        high = images.amax(dim=(1, 2, 3), keepdim=True)
+        images = (images - low) / (high - low).clamp_min(1e-12)
+        self.writer.add_images("weights/templates", images, epoch)
+
+    def confusion(self, cm: Tensor, epoch: int, tag: str = "confusion/val") -> None:
+        """The confusion matrix, rows normalised (recall per true class), as a heat map."""
+        self.writer.add_image(tag, confusion_image(cm), epoch)
+
+    def grad_check(self, max_rel_error: float, step: int) -> None:
+        self.writer.add_scalar("grad_check/max_rel_error", max_rel_error, step)
+
+    def final(self, hparam_values: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Write the HPARAMS summaries into this run's own event file (not a stray sub-run)."""
+        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparam_values.items()}
+        finite = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        exp, ssi, sei = hparams(hp, finite)
+        file_writer = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            file_writer.add_summary(summary)
+        for tag, value in finite.items():
+            self.writer.add_scalar(tag, value, 0)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def confusion_image(cm: Tensor) -> Tensor:
+    """``(3, C·CELL, C·CELL)`` float image: white (0) to dark blue (1) by row-normalised count."""
+    counts = cm.detach().cpu().to(torch.float32)
+    share = counts / counts.sum(1, keepdim=True).clamp_min(1)  # C,C
+    big = share.repeat_interleave(CELL, 0).repeat_interleave(CELL, 1)  # C*CELL, C*CELL
+    blue = torch.tensor([0.03, 0.19, 0.42])[:, None, None]
+    return 1 - big[None] * (1 - blue)  # 3, H, W
+
+
+def _layer_norm(tensors: list[Tensor]) -> float:
+    return math.sqrt(sum(float(t.detach().double().square().sum()) for t in tensors))
