@@ -79,6 +79,7 @@ def save_cached(path: Path, key: str, tensors: tuple[torch.Tensor, ...]) -> bool
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save({"key": key, **dict(zip(TENSOR_KEYS, tensors))}, f)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a decoded public dataset need not be
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
