@@ -4,8 +4,10 @@ Each command module exposes ``register(subparsers)``, which adds its parser and 
 ``func=run`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
 Heavy imports happen inside ``run`` so that ``mlp-torch --help`` stays quick.
 
-Expected failures (:class:`mlp_torch.errors.MlpTorchError`) become one line on stderr and
-their exit code (2 for bad input, as argparse does); no traceback is printed for them.
+Expected failures (:class:`mlp_torch.errors.MlpTorchError`) and bad flags become one line on
+stderr and their exit code (2 for bad input); no traceback is printed for them. A Ctrl-C that
+reaches the top (before training installs its own handler, or a second one during training)
+exits 130 with one line. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import MlpTorchError
@@ -22,12 +25,26 @@ from .errors import MlpTorchError
 COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "compare", "gradcheck", "data")
 
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd program
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show every default in --help and keep the descriptions' line breaks."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (what is wrong, what is allowed), exit 2.
+
+    argparse's own messages already name the allowed choices; the full usage block it would print
+    first buries them, and ``--help`` is one flag away. Subparsers inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mlp-torch",
         description="Linear softmax classifiers and MLPs with hand-written gradients, checked against autograd.",
         formatter_class=HelpFormatter,
@@ -47,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MlpTorchError as err:
         print(f"mlp-torch {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        # Checkpoints and caches are written atomically, so stopping anywhere leaves no half file.
+        print(f"\nmlp-torch {args.command}: aborted", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":
