@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     Args:
         path: the destination; its folder must exist.
         payload: the checkpoint contents; ``format`` and ``version`` are added.
+
+    Raises:
+        TypeError: ``payload`` holds something other than tensors and plain types (a bug in the
+            caller: ``weights_only=True`` would refuse to load it).
     """
     path = Path(path)
     data = {"format": FORMAT, "version": VERSION, **payload}
+    _check_plain(data, "checkpoint")  # before touching the disk: never write a file that cannot be loaded
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -64,10 +71,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file; pass a run directory or a checkpoint such as RUN_DIR/checkpoints/best.pt")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint (truncated or not a checkpoint: {first})") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err):  # the weights-only unpickler refused to import something
+            raise CheckpointError(f"{path} holds Python objects other than tensors and plain types, which a checkpoint "
+                                  "may not; it was refused without running anything, and mlp-torch train did not "
+                                  "write it") from None
+        raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(path, err)}") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
+    except Exception as err:  # torch.load on arbitrary bytes raises almost anything (KeyError, RuntimeError, ...)
+        raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(path, err)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mlp_torch checkpoint (no '{FORMAT}' marker); was it written by another program?")
     version = data.get("version")
@@ -79,6 +95,36 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is damaged or was not written by mlp-torch train")
     return data
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise ``TypeError`` naming the first value that ``torch.load(weights_only=True)`` would refuse."""
+    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN):
+        return
+    if isinstance(value, (dict, OrderedDict)):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}; use str or int")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(value).__name__}; a checkpoint holds only tensors and plain types")
+
+
+def _what_went_wrong(path: Path, err: Exception) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):  # torch.save writes a zip archive
+        return "it is truncated or damaged (an interrupted copy?); use another checkpoint, e.g. last.pt or best.pt"
+    return f"it is not a PyTorch checkpoint file ({type(err).__name__})"
 
 
 def _fsync_dir(folder: Path) -> None:
