@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
         run_dir = Path(metrics["run_dir"])
         print(f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
               f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}")
-        return INTERRUPTED_EXIT
+        # 128 + the signal's number, as a shell reports a program the signal stopped (SIGTERM: 143)
+        return 128 + signal.Signals[metrics["signal"]].value if metrics.get("signal") else INTERRUPTED_EXIT
     return 0
 
 
