@@ -5,7 +5,8 @@ Scalars (x axis: epoch, except ``grad_check/*``, which uses the global step):
     loss/train  loss/val  accuracy/train  accuracy/val  accuracy/val_balanced  lr
     grad_norm/layer{i}  weight_norm/layer{i}       ‖∂ℓ/∂θ‖ and ‖θ‖ per layer: a deep sigmoid
                                                     net's vanishing gradient shows here
-    grad_check/max_rel_error                         with --check-grads-every
+    grad_check/max_rel_error                         with --check-grads-every: the backend vs builtin
+    grad_check/max_abs_error  grad_check/scaled_error  (scaled: max|a−b| / max|b|, the float32 measure)
 
 Histograms: ``weights/layer{i}``, ``gradients/layer{i}``, ``activations/hidden{i}`` (sigmoid
 saturation piles up at 0 and 1). Images: ``weights/templates`` (the linear classifier's rows, or
