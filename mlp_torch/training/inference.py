@@ -90,7 +90,7 @@ def evaluate_checkpoint(
     bundle = load_data(opts)
     if bundle.classes != loaded.classes:
         raise CheckpointError(f"the data now hold classes {bundle.classes}, the checkpoint {loaded.classes}")
-    data = bundle.splits[split].to(device)
+    data = bundle.splits()[split].to(device)
     return evaluate(loaded.model, data.x, data.y, loaded.standardizer), loaded.classes
 
 
