@@ -71,6 +71,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file; pass a run directory or a checkpoint such as RUN_DIR/checkpoints/best.pt")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location=map_location, weights_only=True)
@@ -79,11 +84,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             raise CheckpointError(f"{path} holds Python objects other than tensors and plain types, which a checkpoint "
                                   "may not; it was refused without running anything, and mlp-torch train did not "
                                   "write it") from None
-        raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(path, err)}") from None
-    except OSError as err:
-        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
-    except Exception as err:  # torch.load on arbitrary bytes raises almost anything (KeyError, RuntimeError, ...)
-        raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(path, err)}") from None
+        raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(head, err)}") from None
+    except Exception as err:  # torch.load on damaged bytes raises almost anything (KeyError, OSError, RuntimeError...)
+        raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(head, err)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mlp_torch checkpoint (no '{FORMAT}' marker); was it written by another program?")
     version = data.get("version")
@@ -117,9 +120,8 @@ def _check_plain(value: Any, where: str) -> None:
     raise TypeError(f"{where} is a {type(value).__name__}; a checkpoint holds only tensors and plain types")
 
 
-def _what_went_wrong(path: Path, err: Exception) -> str:
-    with open(path, "rb") as f:
-        head = f.read(4)
+def _what_went_wrong(head: bytes, err: Exception) -> str:
+    """Why ``torch.load`` failed, judged from the file's first bytes."""
     if not head:
         return "the file is empty"
     if head.startswith(b"PK"):  # torch.save writes a zip archive
