@@ -380,3 +380,14 @@ def test_console_script_trains_in_a_subprocess(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 1
     assert "tensorboard --logdir" in done.stdout
     assert not (tmp_path / "cache").exists(), "--no-cache writes nothing"
+
+
+def test_trains_on_each_device(tmp_path, device):
+    config = tiny_config(tmp_path, epochs=2, device=device.type, check_grads_every=5)
+    metrics = train(config)
+    run_dir = Path(metrics["run_dir"])
+    assert metrics["status"] == "completed" and json.loads((run_dir / "config.json").read_text())["device"] == device.type
+    resumed_from = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
+    assert all(t.device.type == "cpu" for t in resumed_from["model_state"].values()), "checkpoints load anywhere"
+    loaded = load_model(run_dir, device)
+    assert next(loaded.model.parameters()).device.type == device.type
