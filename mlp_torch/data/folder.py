@@ -120,4 +120,5 @@ def read_image(path: str | Path, size: int) -> torch.Tensor:
     """
     if not Path(path).is_file():
         raise DataError(f"image {path} does not exist")
-    return torch.from_numpy(_decode(str(path), size)).permute(2, 0, 1).contiguous()  # H,W,3 -> 3,H,W
+    pixels = np.array(_decode(str(path), size))  # a writable copy: torch warns on read-only arrays
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # H,W,3 -> 3,H,W

@@ -397,7 +397,7 @@ class Trainer:
             "epoch_progress": None if self.progress is None else self.progress.state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"data": self.generator.get_state(), "data_device": self.device.type, "torch": torch.get_rng_state()},
             "best": dict(self.best),
             "history": self.history,
             "train_seconds": self.train_seconds,
@@ -409,7 +409,13 @@ class Trainer:
         self.batches.standardizer = self.standardizer
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.generator.set_state(ckpt["rng"]["data"])
+        if ckpt["rng"].get("data_device", "cpu") == self.device.type:
+            self.generator.set_state(ckpt["rng"]["data"])
+        else:  # a CPU generator's state means nothing to a CUDA one: continue, but not bit for bit
+            self.generator.manual_seed(self.config.seed + ckpt["global_step"])
+            print(f"note: resuming on {self.device.type} a run saved on {ckpt['rng'].get('data_device')}: "
+                  "shuffling continues from a new seed, so the run will not match an uninterrupted one bit for bit",
+                  file=sys.stderr)
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.global_step = ckpt["epoch"], ckpt["global_step"]
         self.best, self.history = dict(ckpt["best"]), list(ckpt["history"])
