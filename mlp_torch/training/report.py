@@ -28,7 +28,7 @@ def metrics_table(accuracy: float, balanced: float, per_class: dict[str, float],
              f"  balanced accuracy  {100 * balanced:6.2f} %  (mean per-class recall)", "",
              f"  {'class':<{name_width}}  accuracy"]
     for name, acc in per_class.items():
-        shown = "   n/a" if math.isnan(acc) else f"{100 * acc:6.2f} %"
+        shown = "   n/a" if acc is None or math.isnan(acc) else f"{100 * acc:6.2f} %"
         lines.append(f"  {name:<{name_width}}  {shown}")
     lines += ["", "  " + f"{corner:<{name_width}}" + "".join(f"  {c:>{col}}" for c in classes)]
     for name, row in zip(classes, confusion):

@@ -194,8 +194,10 @@ class Trainer:
             with GracefulInterrupt() as interrupt:
                 while self.epoch < cfg.epochs:
                     start = time.perf_counter()
-                    finished = self.train_one_epoch(interrupt)
-                    self.train_seconds += time.perf_counter() - start
+                    try:
+                        finished = self.train_one_epoch(interrupt)
+                    finally:  # counted also when the epoch ends in a divergence
+                        self.train_seconds += time.perf_counter() - start
                     if not finished:
                         status = "interrupted"
                         break
@@ -380,7 +382,9 @@ class Trainer:
         }
         path = self.run_dir / "metrics.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+        # strict JSON has no NaN (a class without test images has no accuracy): null instead
+        metrics = _nan_to_none(metrics)
+        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False, default=_json_default) + "\n")
         os.replace(tmp, path)
         return metrics
 
@@ -465,6 +469,16 @@ def _versions() -> dict[str, str]:
 
     return {"mlp_torch": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "tensorboard": tensorboard.__version__, "python": platform.python_version()}
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
