@@ -85,10 +85,14 @@ class SigmoidFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(z: Tensor) -> Tensor:
-        # exp of a non-positive number never overflows:
-        #   z ≥ 0: σ(z) = 1 / (1 + e^{−z})      z < 0: σ(z) = e^{z} / (1 + e^{z})
-        e = torch.exp(-z.abs())
-        return torch.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        # exp of a non-positive number never overflows, and one formula covers both signs:
+        #   σ(z) = e^{min(z, 0)} / (1 + e^{−|z|})
+        #   z ≥ 0: 1 / (1 + e^{−z})      z < 0: e^{z} / (1 + e^{z})
+        # Each op after the first two writes into a tensor made here: on the CPU a fresh N,H
+        # tensor costs more than the arithmetic (its pages are first touched), so two, not nine.
+        numerator = z.clamp_max(0.0).exp_()  # e^{min(z, 0)} ∈ (0, 1], N,H
+        denominator = z.abs().neg_().exp_().add_(1.0)  # 1 + e^{−|z|} ∈ (1, 2], N,H
+        return numerator.div_(denominator)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
@@ -98,7 +102,8 @@ class SigmoidFunction(torch.autograd.Function):
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
         # σ'(z) = σ(z)(1 − σ(z))          → dz = dh ⊙ h ⊙ (1 − h)
-        return dh * h * (1.0 - h)
+        dh_h = dh * h  # N,H
+        return torch.addcmul(dh_h, dh_h, h, value=-1.0)  # dh h − dh h h, one temporary fewer
 
 
 class TanhFunction(torch.autograd.Function):
@@ -118,7 +123,7 @@ class TanhFunction(torch.autograd.Function):
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
         # tanh'(z) = 1 − tanh²(z)          → dz = dh ⊙ (1 − h²)
-        return dh * (1.0 - h * h)
+        return torch.addcmul(dh, dh * h, h, value=-1.0)  # dh − dh h h
 
 
 class ReLUFunction(torch.autograd.Function):
@@ -139,7 +144,7 @@ class ReLUFunction(torch.autograd.Function):
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
         # relu'(z) = 1[z > 0]  (0 at the kink z = 0, as PyTorch does)   → dz = dh ⊙ 1[z > 0]
-        return dh * (h > 0).to(dh.dtype)
+        return torch.where(h > 0, dh, 0.0)
 
 
 class StepFunction(torch.autograd.Function):
@@ -169,29 +174,31 @@ class StepFunction(torch.autograd.Function):
 class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     """Per-sample ``ℓ_n = −Σ_c w_c y_nc log softmax(a_n)_c`` (``w = 1`` without class weights).
 
-    ``target`` is always dense here, ``(N, C)`` (one-hot or probability rows), already
-    multiplied by the class weights; the public wrapper builds it from class indices.
+    ``target`` is either unweighted class indices ``(N,)``, saved as they are (one int a row, as
+    ``nll_loss`` keeps them, not a dense row of C floats), or dense rows ``(N, C)`` (one-hot or
+    probabilities) already multiplied by the class weights; the public wrapper picks.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits: Tensor, wy: Tensor) -> Tensor:
+    def forward(logits: Tensor, target: Tensor) -> Tensor:
+        wy = _dense_rows(target, logits)  # N,C
         return -(wy * _log_softmax(logits)).sum(1)  # ℓ_n = −Σ_c w_c y_nc log ŷ_nc, N
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
-        logits, wy = inputs
+        logits, target = inputs
         # ŷ is recomputed from the logits in backward (C is small): saving inputs, not an
         # intermediate, is what keeps double backward correct.
-        ctx.save_for_backward(logits, wy)
+        ctx.save_for_backward(logits, target)
 
     @staticmethod
     def backward(ctx: Any, dloss: Tensor) -> tuple[Tensor, Tensor | None]:
-        logits, wy = ctx.saved_tensors
-        shifted = _shift_by_row_max(logits)  # N,C
-        exp = torch.exp(shifted)  # N,C, each in (0, 1]
-        probs = exp / exp.sum(1, keepdim=True)  # ŷ = softmax(a), N,C
+        logits, target = ctx.saved_tensors
+        wy = _dense_rows(target, logits)  # N,C
+        # one kernel for ŷ; it shifts by the row max as _log_softmax does, so it is as stable
+        probs = torch.softmax(logits, dim=1)  # ŷ = softmax(a), N,C
         # dℓ/da_i = ŷ_i − y_i  (with weights and soft targets: ŷ_i Σ_c w_c y_c − w_i y_i)
         dlogits = dloss[:, None] * (probs * wy.sum(1, keepdim=True) - wy)  # N,C
         dwy = None
@@ -199,6 +206,15 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
             # dℓ/dy_c = −log ŷ_c
             dwy = -dloss[:, None] * _log_softmax(logits)
         return dlogits, dwy
+
+
+def _dense_rows(target: Tensor, logits: Tensor) -> Tensor:
+    """``target`` as ``(N, C)`` rows of ``logits``' dtype: class indices become one-hot rows."""
+    if target.dim() == 2:
+        return target
+    # one-hot without F.one_hot, which reads the values and so fails under vmap
+    classes = torch.arange(logits.shape[1], device=logits.device)  # C
+    return (target[:, None] == classes).to(logits.dtype)  # N,C
 
 
 def _shift_by_row_max(logits: Tensor) -> Tensor:
@@ -297,8 +313,8 @@ def softmax_cross_entropy(
         ValueError: logits not 2-D, wrong target shape, target out of range, unknown reduction.
         TypeError: integer logits, or a target dtype that is neither integer nor ``logits``' dtype.
     """
-    wy, divisor = _dense_weighted_target(logits, target, reduction, weight)
-    losses = SoftmaxCrossEntropyFunction.apply(logits, wy)  # N
+    function_target, divisor = _function_target(logits, target, reduction, weight)
+    losses = SoftmaxCrossEntropyFunction.apply(logits, function_target)  # N
     if reduction == "none":
         return losses
     if reduction == "sum":
@@ -326,10 +342,14 @@ def _values_are_readable(t: Tensor) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
-def _dense_weighted_target(
+def _function_target(
     logits: Tensor, target: Tensor, reduction: str, weight: Tensor | None
 ) -> tuple[Tensor, Tensor | float]:
-    """Validate the inputs; return ``w ⊙ y`` as ``(N, C)`` rows and the divisor for ``"mean"``."""
+    """Validate the inputs; return the Function's target and the divisor for ``"mean"``.
+
+    The target is the class indices themselves when there are no weights, else ``w ⊙ y`` as
+    ``(N, C)`` rows (autograd then carries the gradients of ``weight`` and soft targets).
+    """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
     if logits.dim() != 2:
@@ -350,17 +370,13 @@ def _dense_weighted_target(
         if target.shape[0] != n:
             raise ValueError(f"target has {target.shape[0]} labels but logits have {n} rows")
         if _values_are_readable(target) and n > 0:
-            low, high = int(target.min()), int(target.max())
+            low, high = torch.stack(torch.aminmax(target)).tolist()  # one device read, not two
             bad = high if high >= num_classes else low
             if low < 0 or high >= num_classes:
                 raise ValueError(f"target {bad} out of range for {num_classes} classes (valid: 0..{num_classes - 1})")
-        index = target.long()[:, None]  # N,1
-        # one-hot without F.one_hot, which reads the values and so fails under vmap
-        classes = torch.arange(num_classes, device=logits.device)  # C
-        y = (index == classes).to(logits.dtype)  # N,C
         if weight is None:
-            return y, float(n) if n else torch.nan
-        wy = y * weight  # N,C
+            return target, float(n) if n else torch.nan
+        wy = _dense_rows(target, logits) * weight  # N,C
         return wy, wy.sum()
 
     if target.dim() == 2:  # one-hot or probability rows
