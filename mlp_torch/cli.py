@@ -22,7 +22,7 @@ from . import __version__
 from .errors import MlpTorchError
 
 # Order here is the order in `mlp-torch --help`. A module is listed once it exists.
-COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "compare", "gradcheck", "data")
+COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "compare", "gradcheck", "data", "bench")
 
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd program

@@ -1,0 +1,76 @@
+"""``bench``: every row and field of the documented JSON, on a tiny input size. Timings are never asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlp_torch import cli
+from mlp_torch.bench import gemm_calls, interleaved_medians, saved_bytes
+from mlp_torch.models import BACKENDS, build_model
+
+TINY = ["--quick", "--rounds", "1", "--image-size", "4", "--batch-size", "64", "--no-cache", "--device", "cpu"]
+
+
+def run_bench(tmp_path: Path, *flags: str) -> tuple[int, dict]:
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", *TINY, "--json", str(out), *flags])
+    return code, json.loads(out.read_text())
+
+
+def test_bench_writes_every_row_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = run_bench(tmp_path)
+    assert code == 0
+    assert report["torch"] == torch.__version__ and report["device"].startswith("cpu")
+    rows = {(r["model"], r["backend"]): r for r in report["steps"]}
+    assert set(rows) == {(m, b) for m in ("softmax", "mlp") for b in BACKENDS}
+    for row in report["steps"]:
+        assert row["batch"] == 64 and row["compiled"] is False
+        assert row["ms"] > 0 and row["ratio_vs_builtin"] > 0 and row["peak_bytes"] is None
+        assert isinstance(row["saved_bytes"], int) and row["saved_bytes"] > 0
+        assert (row["gflops"] is None) == (row["model"] == "softmax")
+    for model in ("softmax", "mlp"):
+        assert rows[(model, "builtin")]["ratio_vs_builtin"] == 1.0
+    assert report["gemm_efficiency"] > 0
+    assert set(report["gemm_efficiency_by_backend"]) == set(BACKENDS)
+    data = report["data"]
+    assert data["images"] > 0 and data["batch"] == 64
+    assert data["device_batches_ms"] > 0 and data["dataloader_ms"] > 0 and data["speedup"] > 0
+    assert "ToTensor" in data["dataloader_setup"]
+    printed = capsys.readouterr().out
+    assert "gemm efficiency" in printed and "DataLoader" in printed
+
+
+def test_saved_bytes_custom_and_manual_keep_no_more_than_builtin() -> None:
+    """Bytes, unlike times, are deterministic: the hand-written paths keep at most what autograd keeps."""
+    x, y = torch.randn(32, 48), torch.randint(0, 3, (32,))
+    for kind, hidden in (("softmax", []), ("mlp", [16, 8])):
+        kept = {b: saved_bytes(build_model(kind, 48, 3, hidden, "sigmoid", b, seed=0), x, y) for b in BACKENDS}
+        activations = 4 * 32 * (48 + sum(hidden))  # x and each hidden output, float32
+        assert activations <= kept["manual"] <= kept["custom"] <= kept["builtin"], kept
+
+
+def test_gemm_reference_counts_the_step_flops() -> None:
+    model = build_model("mlp", 48, 3, [16, 8], "sigmoid", "builtin", seed=0)
+    _, flops = gemm_calls(model, 32, torch.device("cpu"))
+    forward = 2 * 32 * (48 * 16 + 16 * 8 + 8 * 3)
+    assert flops == 3 * forward - 2 * 32 * 48 * 16  # forward, dW, and dx for every layer but the first
+
+
+def test_interleaved_medians_calls_every_variant_warmup_plus_rounds_times() -> None:
+    calls = {"a": 0, "b": 0}
+
+    def bump(name: str):
+        return lambda: calls.__setitem__(name, calls[name] + 1)
+
+    medians = interleaved_medians({"a": bump("a"), "b": bump("b")}, rounds=3, warmup=2, device=torch.device("cpu"))
+    assert calls == {"a": 5, "b": 5} and set(medians) == {"a", "b"}
+
+
+@pytest.mark.parametrize("flag", [["--rounds", "0"], ["--batch-size", "0"], ["--workers", "-1"]])
+def test_bad_flags_are_usage_errors(tmp_path: Path, flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--device", "cpu", *flag]) == 2
+    assert "must be at least" in capsys.readouterr().err
