@@ -90,6 +90,8 @@ class SigmoidFunction(torch.autograd.Function):
         #   z ≥ 0: 1 / (1 + e^{−z})      z < 0: e^{z} / (1 + e^{z})
         # Each op after the first two writes into a tensor made here: on the CPU a fresh N,H
         # tensor costs more than the arithmetic (its pages are first touched), so two, not nine.
+        # (torch.sigmoid is one pass, but it returns 0 below z ≈ −88.7, where e^{z} is still a
+        # float32 subnormal; the extreme-input test holds us to that.)
         numerator = z.clamp_max(0.0).exp_()  # e^{min(z, 0)} ∈ (0, 1], N,H
         denominator = z.abs().neg_().exp_().add_(1.0)  # 1 + e^{−|z|} ∈ (1, 2], N,H
         return numerator.div_(denominator)
