@@ -1,0 +1,8 @@
+"""Thin wrapper: ``python scripts/bench.py [flags]`` is ``mlp-torch bench [flags]``."""
+
+import sys
+
+from mlp_torch.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())
