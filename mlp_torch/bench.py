@@ -21,6 +21,7 @@ step's own GEMM shapes (forward ``x Wᵀ``, ``daᵀ h`` and ``da W`` per layer),
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -288,18 +289,29 @@ def describe_device(device: torch.device) -> str:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"cpu: {name}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {name}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (other processes' work skews CPU timings); ``None`` where unknown."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def run_benchmark(
     bundle: DataBundle, device: torch.device, settings: BenchSettings, workers: int = 0, seed: int = 0
 ) -> dict[str, Any]:
     """The whole benchmark as the JSON-able dict that ``mlp-torch bench --json`` writes."""
+    load_before = load_average()
     rows, efficiency = bench_steps(bundle.in_features, bundle.num_classes, device, settings, seed)
     data = bench_data(bundle, device, settings.batch, settings.data_rounds, workers)
     return {
         "device": describe_device(device),
         "torch": torch.__version__,
+        "load_average": {"before": load_before, "after": load_average()},
         "steps": [vars(row) for row in rows],
         "gemm_efficiency": efficiency["builtin"],
         "gemm_efficiency_by_backend": efficiency,
@@ -309,7 +321,11 @@ def run_benchmark(
 
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable table of :func:`run_benchmark`'s result."""
-    lines = [f"device: {report['device']}; torch {report['torch']}", ""]
+    lines = [f"device: {report['device']}; torch {report['torch']}"]
+    load = report["load_average"]
+    if load["before"] is not None:
+        lines.append(f"load average (1/5/15 min) before {load['before']}, after {load['after']}")
+    lines.append("")
     header = f"{'model':<8} {'backend':<16} {'batch':>5} {'ms/step':>9} {'vs builtin':>10} {'saved MiB':>9} {'peak MiB':>8} {'GFLOP/s':>8}"
     lines += [header, "-" * len(header)]
     for row in report["steps"]:

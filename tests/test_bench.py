@@ -25,6 +25,7 @@ def test_bench_writes_every_row_and_field(tmp_path: Path, capsys: pytest.Capture
     code, report = run_bench(tmp_path)
     assert code == 0
     assert report["torch"] == torch.__version__ and report["device"].startswith("cpu")
+    assert set(report["load_average"]) == {"before", "after"}
     rows = {(r["model"], r["backend"]): r for r in report["steps"]}
     assert set(rows) == {(m, b) for m in ("softmax", "mlp") for b in BACKENDS}
     for row in report["steps"]:
@@ -42,6 +43,15 @@ def test_bench_writes_every_row_and_field(tmp_path: Path, capsys: pytest.Capture
     assert "ToTensor" in data["dataloader_setup"]
     printed = capsys.readouterr().out
     assert "gemm efficiency" in printed and "DataLoader" in printed
+
+
+@pytest.mark.slow
+def test_bench_compile_adds_a_compiled_row_per_model_and_backend(tmp_path: Path) -> None:
+    code, report = run_bench(tmp_path, "--compile")
+    assert code == 0
+    compiled = {(r["model"], r["backend"]) for r in report["steps"] if r["compiled"]}
+    assert compiled == {(m, b) for m in ("softmax", "mlp") for b in BACKENDS}
+    assert {"builtin+compile", "custom+compile", "manual+compile"} <= set(report["gemm_efficiency_by_backend"])
 
 
 def test_saved_bytes_custom_and_manual_keep_no_more_than_builtin() -> None:
