@@ -135,6 +135,7 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:
     """Peak CUDA memory one step allocates above what was already allocated; ``None`` off CUDA."""
     if device.type != "cuda":
         return None
+    step()  # a first call compiles (with --compile) and allocates the optimizer's buffers
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
