@@ -312,6 +312,7 @@ def run_benchmark(
     return {
         "device": describe_device(device),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "load_average": {"before": load_before, "after": load_average()},
         "steps": [vars(row) for row in rows],
         "gemm_efficiency": efficiency["builtin"],
@@ -326,6 +327,10 @@ def format_report(report: dict[str, Any]) -> str:
     load = report["load_average"]
     if load["before"] is not None:
         lines.append(f"load average (1/5/15 min) before {load['before']}, after {load['after']}")
+        busy, cores, threads = load["before"][0], os.cpu_count() or 1, report["threads"]
+        if report["device"].startswith("cpu") and busy > 0.5 and busy + threads > cores + 0.5:
+            lines.append(f"warning: load average {busy:.1f} on {cores} cores; with {threads} threads the times "
+                         f"include waiting for a core (try --threads 1, or a quiet machine)")
     lines.append("")
     header = f"{'model':<8} {'backend':<16} {'batch':>5} {'ms/step':>9} {'vs builtin':>10} {'saved MiB':>9} {'peak MiB':>8} {'GFLOP/s':>8}"
     lines += [header, "-" * len(header)]
@@ -341,7 +346,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         f"data, one epoch of {d['images']} images in batches of {d['batch']} ({d['source']}):",
         f"  DeviceBatches {d['device_batches_ms']:.1f} ms, DataLoader {d['dataloader_ms']:.1f} ms: "
-        f"{d['speedup']:.0f}x faster",
+        f"{d['speedup']:.1f}x faster",
         f"  DataLoader = {d['dataloader_setup']}",
     ]
     return "\n".join(lines)
