@@ -328,9 +328,9 @@ def format_report(report: dict[str, Any]) -> str:
     if load["before"] is not None:
         lines.append(f"load average (1/5/15 min) before {load['before']}, after {load['after']}")
         busy, cores, threads = load["before"][0], os.cpu_count() or 1, report["threads"]
-        if report["device"].startswith("cpu") and busy > 0.5 and busy + threads > cores + 0.5:
-            lines.append(f"warning: load average {busy:.1f} on {cores} cores; with {threads} threads the times "
-                         f"include waiting for a core (try --threads 1, or a quiet machine)")
+        if report["device"].startswith("cpu") and threads > 1 and busy + threads > cores + 0.5:
+            lines.append(f"warning: load average {busy:.1f} on {cores} cores; with {threads} threads each parallel "
+                         f"op waits for a core (try --threads 1, or a quiet machine)")
     lines.append("")
     header = f"{'model':<8} {'backend':<16} {'batch':>5} {'ms/step':>9} {'vs builtin':>10} {'saved MiB':>9} {'peak MiB':>8} {'GFLOP/s':>8}"
     lines += [header, "-" * len(header)]
