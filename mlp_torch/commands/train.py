@@ -34,6 +34,7 @@ def register(subparsers: Any) -> None:
     add_model_arguments(parser)
     parser.set_defaults(model=d.model, hidden=d.hidden, activation=d.activation, backend=d.backend)
     add_data_arguments(parser)
+    parser.set_defaults(augment_flip=d.data.augment_flip, augment_crop=d.data.augment_crop)
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
     opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")

@@ -129,7 +129,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--balance", choices=BALANCE_CHOICES, default="none",
                        help="for imbalanced classes: weights = inverse-frequency class weights in the loss, "
                             "sample = draw training batches class-balanced")
-    group.add_argument("--augment-flip", action="store_true", help="random horizontal flips of training images")
+    group.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=False,
+                       help="random horizontal flips of training images")
     group.add_argument("--augment-crop", type=int, default=0, metavar="PAD",
                        help="random crops of training images zero-padded by PAD pixels (0 = off)")
     for key, env in ENV_OVERRIDES.items():

@@ -24,9 +24,9 @@ SCHEDULES = ("constant", "step", "cosine")
 class TrainConfig:
     """Everything a training run depends on. Defaults: the lecture's two-layer sigmoid MLP.
 
-    The defaults reach about 65 % test accuracy on CIFAR cat/dog in about a minute on a laptop CPU
-    (see README, "Results"); augmentation and weight decay keep the 1.5 M-parameter net from
-    memorising its 9,000 training images.
+    The defaults reach 63.7 % test accuracy on CIFAR cat/dog in under a minute on two CPU cores
+    (see README, "Results"). Without augmentation the 1.5 M-parameter net memorises its 9,000
+    training images (train 94 %, test 62 %); random flips and 2-pixel crops keep it honest.
     """
 
     # model
@@ -38,7 +38,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
     optimizer: str = "sgd"
-    lr: float = 0.02
+    lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -54,7 +54,7 @@ class TrainConfig:
     check_grads_every: int = 0  # steps; 0 = off
     histogram_every: int = 1  # epochs between histograms / weight images; 0 = off
     progress: bool = True
-    data: DataOptions = field(default_factory=DataOptions)
+    data: DataOptions = field(default_factory=lambda: DataOptions(augment_flip=True, augment_crop=2))
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
