@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import HelpFormatter
+from ..cli import INTERRUPTED_EXIT, HelpFormatter
 from ..data import add_data_arguments, data_options_from_args
 from ..models import add_model_arguments
 from ..training.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
 RESUMABLE = ("epochs", "device", "progress")
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd program
 
 
 def register(subparsers: Any) -> None:

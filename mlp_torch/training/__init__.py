@@ -6,6 +6,7 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .trainer import EvalResult, evaluate, load_run_config, train
+from .evaluation import EvalResult, evaluate
+from .trainer import load_run_config, train
 
 __all__ = ["EvalResult", "TrainConfig", "evaluate", "load_checkpoint", "load_run_config", "save_checkpoint", "train"]

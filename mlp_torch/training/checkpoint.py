@@ -16,7 +16,6 @@ import os
 import pickle
 import tempfile
 import warnings
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any

@@ -19,7 +19,7 @@ from ..errors import CheckpointError, UsageError
 from ..models import Classifier, build_model
 from .checkpoint import load_checkpoint
 from .config import data_options_from_dict
-from .trainer import EvalResult, evaluate
+from .evaluation import EvalResult, evaluate
 
 SPLITS = ("test", "val", "train")
 

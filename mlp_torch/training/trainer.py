@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,64 +31,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import __version__
 from ..compare import backend_gradients, errors
 from ..data import DataBundle, DeviceBatches, Standardizer, balance_weights, load_data
 from ..errors import DivergenceError, UsageError
-from ..metrics import accuracy, balanced_accuracy, confusion_matrix, per_class_accuracy
-from ..models import Classifier, build_model
+from ..models import build_model
 from ..utils import select_device, set_seed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .evaluation import EvalResult, evaluate
 from .interrupt import GracefulInterrupt
 from .report import epoch_line, final_report
+from .rundir import device_name, json_default, make_run_dir, nan_to_none, versions
 from .schedule import build_optimizer, build_scheduler
 from .tensorboard import RunLogger
 
-EVAL_BATCH = 2048
-
-
-@dataclass
-class EvalResult:
-    """Loss and accuracies of a model on one split."""
-
-    loss: float
-    accuracy: float
-    balanced_accuracy: float
-    per_class_accuracy: list[float]
-    confusion_matrix: list[list[int]]
-
-
-@torch.no_grad()
-def evaluate(
-    model: Classifier, x: Tensor, y: Tensor, standardizer: Standardizer, batch_size: int = EVAL_BATCH
-) -> EvalResult:
-    """Mean loss, accuracy, balanced accuracy (mean per-class recall) and confusion matrix.
-
-    Args:
-        model: any model from :mod:`mlp_torch.models`, already on ``x``'s device.
-        x: uint8 images (N, 3, H, W) on the model's device.
-        y: int64 labels (N,).
-        standardizer: the training split's normalisation.
-        batch_size: images per forward pass.
-    """
-    num_classes = model.config()["num_classes"]
-    dtype = next(model.parameters()).dtype
-    total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
-    preds = []
-    for start in range(0, len(x), batch_size):
-        xb = standardizer(x[start:start + batch_size]).to(dtype)
-        yb = y[start:start + batch_size]
-        total_loss += model.loss(xb, yb).double() * len(xb)
-        preds.append(model(xb).argmax(1))  # every model's logits are (N, C), also the binary perceptron's
-    cm = confusion_matrix(torch.cat(preds) if preds else y[:0], y, num_classes)
-    return EvalResult(
-        loss=float(total_loss) / max(len(x), 1),
-        accuracy=accuracy(cm),
-        balanced_accuracy=balanced_accuracy(cm),
-        per_class_accuracy=[float(a) for a in per_class_accuracy(cm)],
-        confusion_matrix=cm.tolist(),
-    )
+__all__ = ["EvalResult", "Trainer", "evaluate", "load_run_config", "make_run_dir", "train"]
 
 
 @dataclass
@@ -361,10 +317,10 @@ class Trainer:
             "command": sys.argv,
             "created": datetime.now().isoformat(timespec="seconds"),
             "device": str(self.device),
-            "device_name": _device_name(self.device),
+            "device_name": device_name(self.device),
             "data": {"source": self.data.source, "classes": self.data.classes, "counts": self.data.counts(),
                      "image_size": self.data.image_size},
-            "versions": _versions(),
+            "versions": versions(),
         }
         (self.run_dir / "config.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -383,8 +339,8 @@ class Trainer:
         path = self.run_dir / "metrics.json"
         tmp = path.with_suffix(".json.tmp")
         # strict JSON has no NaN (a class without test images has no accuracy): null instead
-        metrics = _nan_to_none(metrics)
-        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False, default=_json_default) + "\n")
+        metrics = nan_to_none(metrics)
+        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False, default=json_default) + "\n")
         os.replace(tmp, path)
         return metrics
 
@@ -431,20 +387,6 @@ class Trainer:
                                           seen=progress["seen"], grad_norm_sums=list(progress["grad_norm_sums"]))
 
 
-def make_run_dir(runs_dir: Path, name: str) -> Path:
-    """A new ``runs_dir/<date-time>_<name>`` folder; never reuses an existing one."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1000):
-        candidate = runs_dir / (f"{stamp}_{name}" + (f"-{attempt}" if attempt else ""))
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise UsageError(f"could not create a new run directory under {runs_dir}")
-
-
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -455,33 +397,3 @@ def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
 
 def _write_line(text: str) -> None:
     print(text, flush=True)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
-def _versions() -> dict[str, str]:
-    import tensorboard
-    import torchvision
-
-    return {"mlp_torch": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "tensorboard": tensorboard.__version__, "python": platform.python_version()}
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

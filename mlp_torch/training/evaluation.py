@@ -1,0 +1,57 @@
+"""``evaluate``: loss, accuracy, balanced accuracy and confusion matrix of a model on one split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..data import Standardizer
+from ..metrics import accuracy, balanced_accuracy, confusion_matrix, per_class_accuracy
+from ..models import Classifier
+
+EVAL_BATCH = 2048
+
+
+@dataclass
+class EvalResult:
+    """Loss and accuracies of a model on one split."""
+
+    loss: float
+    accuracy: float
+    balanced_accuracy: float
+    per_class_accuracy: list[float]
+    confusion_matrix: list[list[int]]
+
+
+@torch.no_grad()
+def evaluate(
+    model: Classifier, x: Tensor, y: Tensor, standardizer: Standardizer, batch_size: int = EVAL_BATCH
+) -> EvalResult:
+    """Mean loss, accuracy, balanced accuracy (mean per-class recall) and confusion matrix.
+
+    Args:
+        model: any model from :mod:`mlp_torch.models`, already on ``x``'s device.
+        x: uint8 images (N, 3, H, W) on the model's device.
+        y: int64 labels (N,).
+        standardizer: the training split's normalisation.
+        batch_size: images per forward pass.
+    """
+    num_classes = model.config()["num_classes"]
+    dtype = next(model.parameters()).dtype
+    total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    preds = []
+    for start in range(0, len(x), batch_size):
+        xb = standardizer(x[start:start + batch_size]).to(dtype)
+        yb = y[start:start + batch_size]
+        total_loss += model.loss(xb, yb).double() * len(xb)
+        preds.append(model(xb).argmax(1))  # every model's logits are (N, C), also the binary perceptron's
+    cm = confusion_matrix(torch.cat(preds) if preds else y[:0], y, num_classes)
+    return EvalResult(
+        loss=float(total_loss) / max(len(x), 1),
+        accuracy=accuracy(cm),
+        balanced_accuracy=balanced_accuracy(cm),
+        per_class_accuracy=[float(a) for a in per_class_accuracy(cm)],
+        confusion_matrix=cm.tolist(),
+    )
