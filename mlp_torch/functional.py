@@ -78,10 +78,23 @@ class LinearFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-class SigmoidFunction(torch.autograd.Function):
-    """``σ(z) = 1 / (1 + e^{−z})``, computed without overflow for any finite ``z``."""
+class _ActivationFunction(torch.autograd.Function):
+    """An elementwise activation ``h = f(z)`` whose derivative is a function of its output.
+
+    σ' = σ(1 − σ), tanh' = 1 − tanh², relu' = 1[h > 0]: saving ``h`` rather than ``z`` is all
+    backward needs, and costs nothing extra because the next layer keeps ``h`` as its input.
+    Subclasses define ``forward`` and ``backward``.
+    """
 
     generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(output)
+
+
+class SigmoidFunction(_ActivationFunction):
+    """``σ(z) = 1 / (1 + e^{−z})``, computed without overflow for any finite ``z``."""
 
     @staticmethod
     def forward(z: Tensor) -> Tensor:
@@ -97,10 +110,6 @@ class SigmoidFunction(torch.autograd.Function):
         return numerator.div_(denominator)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
-        ctx.save_for_backward(output)  # the derivative needs σ(z), not z
-
-    @staticmethod
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
         # σ'(z) = σ(z)(1 − σ(z))          → dz = dh ⊙ h ⊙ (1 − h)
@@ -108,18 +117,12 @@ class SigmoidFunction(torch.autograd.Function):
         return torch.addcmul(dh_h, dh_h, h, value=-1.0)  # dh h − dh h h, one temporary fewer
 
 
-class TanhFunction(torch.autograd.Function):
+class TanhFunction(_ActivationFunction):
     """``tanh(z)``; PyTorch's kernel is already stable (it saturates to ±1, never NaN)."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(z: Tensor) -> Tensor:
         return torch.tanh(z)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
-        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor) -> Tensor:
@@ -128,19 +131,12 @@ class TanhFunction(torch.autograd.Function):
         return torch.addcmul(dh, dh * h, h, value=-1.0)  # dh − dh h h
 
 
-class ReLUFunction(torch.autograd.Function):
-    """``relu(z) = max(0, z)``."""
-
-    generate_vmap_rule = True
+class ReLUFunction(_ActivationFunction):
+    """``relu(z) = max(0, z)``; ``h > 0`` exactly where ``z > 0``, so the output serves backward."""
 
     @staticmethod
     def forward(z: Tensor) -> Tensor:
         return torch.clamp_min(z, 0)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
-        # h > 0 exactly where z > 0, and the next layer keeps h anyway: saving it costs nothing extra.
-        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor) -> Tensor:
