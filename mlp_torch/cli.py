@@ -29,7 +29,15 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd program
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show every default in --help and keep the descriptions' line breaks."""
+    """Show every default in --help and keep the descriptions' line breaks.
+
+    A default of ``None`` ("not given") is left out: the help text says what happens then.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -356,7 +356,7 @@ def test_help_shows_every_default(monkeypatch, capsys):
     d = TrainConfig()
     expected = {"--model": d.model, "--hidden": d.hidden, "--activation": d.activation,
                 "--backend": d.backend, "--epochs": d.epochs, "--batch-size": d.batch_size,
-                "--optimizer": d.optimizer, "--lr": d.lr, "--momentum": d.momentum, "--nesterov": d.nesterov,
+                "--optimizer": d.optimizer, "--lr": "mlp 0.05, linear models 0.001", "--momentum": d.momentum, "--nesterov": d.nesterov,
                 "--weight-decay": d.weight_decay, "--schedule": d.schedule, "--warmup-epochs": d.warmup_epochs,
                 "--step-size": d.step_size, "--gamma": d.gamma, "--seed": d.seed, "--device": d.device,
                 "--runs-dir": d.runs_dir, "--name": "", "--check-grads-every": d.check_grads_every,
@@ -391,3 +391,14 @@ def test_trains_on_each_device(tmp_path, device):
     assert all(t.device.type == "cpu" for t in resumed_from["model_state"].values()), "checkpoints load anywhere"
     loaded = load_model(run_dir, device)
     assert next(loaded.model.parameters()).device.type == device.type
+
+
+def test_default_learning_rate_depends_on_the_model():
+    """A linear model on 3072 inputs diverges at the MLP's rate; an explicit --lr always wins."""
+    assert TrainConfig().lr == 0.05
+    assert TrainConfig(model="softmax").lr == 0.001
+    assert TrainConfig(model="perceptron").lr == 0.001
+    assert TrainConfig(model="mlp", hidden=[]).lr == 0.001
+    assert TrainConfig(model="softmax", lr=0.3).lr == 0.3
+    saved = TrainConfig(model="softmax").to_dict()
+    assert saved["lr"] == 0.001 and TrainConfig.from_dict(saved).lr == 0.001

@@ -11,7 +11,7 @@ from typing import Any
 from ..cli import INTERRUPTED_EXIT, HelpFormatter
 from ..data import add_data_arguments, data_options_from_args
 from ..models import add_model_arguments
-from ..training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from ..training.config import DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
 RESUMABLE = ("epochs", "device", "progress")
@@ -38,7 +38,10 @@ def register(subparsers: Any) -> None:
     opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
     opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd (the lecture's) or adam")
-    opt.add_argument("--lr", type=float, default=d.lr, help="peak learning rate η")
+    opt.add_argument("--lr", type=float, default=None,
+                     help="peak learning rate η; linear models (softmax, perceptron, an mlp without hidden "
+                          f"layers) need a smaller one (default: mlp {DEFAULT_LR['mlp']}, linear models "
+                          f"{DEFAULT_LR['linear']})")
     opt.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (0 = plain SGD)")
     opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov,
                      help="Nesterov momentum")
