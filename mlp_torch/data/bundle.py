@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, DownloadError
 from . import cache, cifar, folder, synthetic
 from .loader import class_weights
 from .options import DataOptions
@@ -114,7 +114,14 @@ def _load_cifar(opts: DataOptions):
     specs = cifar.archive_specs(opts)
     keys = [k for k in specs if any(archive == k for _, archive in wanted)]
     root = opts.data_root
-    folders = {k: cifar.ensure_extracted(specs[k], root, opts.download_timeout) for k in keys}
+    folders, failures = {}, []
+    for k in keys:  # try every archive, so one message names everything to place by hand
+        try:
+            folders[k] = cifar.ensure_extracted(specs[k], root, opts.download_timeout)
+        except DownloadError as err:
+            failures.append(str(err))
+    if failures:
+        raise DownloadError(" — and: ".join(failures))
     fingerprint = [cifar.source_fingerprint(specs[k], folders[k]) for k in keys]
 
     def decode():
