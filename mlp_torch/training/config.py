@@ -27,9 +27,9 @@ SCHEDULES = ("constant", "step", "cosine")
 class TrainConfig:
     """Everything a training run depends on. Defaults: the lecture's two-layer sigmoid MLP.
 
-    The defaults reach 63.7 % test accuracy on CIFAR cat/dog in under a minute on two CPU cores
+    The defaults reach 63.65 % test accuracy on CIFAR cat/dog in under a minute on two CPU cores
     (see README, "Results"). Without augmentation the 1.5 M-parameter net memorises its 9,000
-    training images (train 94 %, test 62 %); random flips and 2-pixel crops keep it honest.
+    training images (lr 0.02: train 94 %, test 62 %); random flips and 2-pixel crops keep it honest.
     """
 
     # model
