@@ -8,6 +8,7 @@ all use the pair, so the flags read the same everywhere.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,22 +146,8 @@ def data_options_from_args(args: argparse.Namespace) -> DataOptions:
     """Build :class:`DataOptions` from a namespace parsed with :func:`add_data_arguments`.
 
     Args:
-        args: the parsed arguments; ``args.seed`` is used for the validation split when present.
+        args: the parsed arguments; every :class:`DataOptions` field found in them is used
+            (``args.seed`` seeds the validation split when the command has ``--seed``).
     """
-    return DataOptions(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        classes=args.classes,
-        val_fraction=args.val_fraction,
-        image_size=args.image_size,
-        cache_dir=args.cache_dir,
-        cache=args.cache,
-        seed=getattr(args, "seed", 0),
-        balance=args.balance,
-        augment_flip=args.augment_flip,
-        augment_crop=args.augment_crop,
-        cifar10_url=args.cifar10_url,
-        cifar10_md5=args.cifar10_md5,
-        cifar100_url=args.cifar100_url,
-        cifar100_md5=args.cifar100_md5,
-    )
+    present = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions) if hasattr(args, f.name)}
+    return DataOptions(**present)
