@@ -1,8 +1,14 @@
-"""Small helpers shared by every layer: choosing the device once, seeding once."""
+"""Small helpers shared by every layer: choosing the device once, seeding once, writing files whole."""
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -43,3 +49,43 @@ def set_seed(seed: int) -> None:
     """Seed Python's and PyTorch's generators (CPU and every CUDA device) in one place."""
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def atomic_write(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write ``path`` all or nothing: into a temporary file beside it, flushed, fsynced, renamed over it.
+
+    An exception (or Ctrl-C) while writing leaves any previous ``path`` untouched and removes the
+    temporary file. ``mkstemp`` creates it private; ``mode`` sets the final permissions.
+
+    Args:
+        path: the destination; its folder must exist.
+        mode: permission bits of the finished file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from ..utils import atomic_write
 
 CACHE_FORMAT = 1
 TENSOR_KEYS = ("train_x", "train_y", "test_x", "test_y")
@@ -75,15 +75,8 @@ def save_cached(path: Path, key: str, tensors: tuple[torch.Tensor, ...]) -> bool
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"key": key, **dict(zip(TENSOR_KEYS, tensors))}, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a decoded public dataset need not be
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path, mode=0o644) as f:  # readable like the public dataset it decodes
+            torch.save({"key": key, **dict(zip(TENSOR_KEYS, tensors))}, f)
     except OSError as err:
         warnings.warn(f"could not write the data cache {path} ({err}); pass --cache-dir DIR to put it elsewhere",
                       stacklevel=2)

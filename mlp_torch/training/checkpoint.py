@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..utils import atomic_write
 
 FORMAT = "mlp_torch.checkpoint"
 VERSION = 1
@@ -43,17 +42,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     data = {"format": FORMAT, "version": VERSION, **payload}
     _check_plain(data, "checkpoint")  # before touching the disk: never write a file that cannot be loaded
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path, mode=0o600) as f:  # private, as mkstemp made checkpoints before
+        torch.save(data, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -126,17 +116,3 @@ def _what_went_wrong(head: bytes, err: Exception) -> str:
     if head.startswith(b"PK"):  # torch.save writes a zip archive
         return "it is truncated or damaged (an interrupted copy?); use another checkpoint, e.g. last.pt or best.pt"
     return f"it is not a PyTorch checkpoint file ({type(err).__name__})"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from ..compare import backend_gradients, errors
 from ..data import DataBundle, DeviceBatches, Standardizer, balance_weights, load_data
 from ..errors import DivergenceError, UsageError
 from ..models import build_model
-from ..utils import select_device, set_seed
+from ..utils import atomic_write, select_device, set_seed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluation import EvalResult, evaluate
@@ -336,12 +335,10 @@ class Trainer:
             "history": self.history,
             **extra,
         }
-        path = self.run_dir / "metrics.json"
-        tmp = path.with_suffix(".json.tmp")
         # strict JSON has no NaN (a class without test images has no accuracy): null instead
         metrics = nan_to_none(metrics)
-        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False, default=json_default) + "\n")
-        os.replace(tmp, path)
+        with atomic_write(self.run_dir / "metrics.json") as f:
+            f.write((json.dumps(metrics, indent=2, allow_nan=False, default=json_default) + "\n").encode())
         return metrics
 
     def save(self, name: str) -> None:
