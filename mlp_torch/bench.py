@@ -242,18 +242,23 @@ def bench_data(bundle: DataBundle, device: torch.device, batch: int, rounds: int
     train = bundle.train
     standardizer = Standardizer.fit(train.x)
     on_device = train.to(device)
-    batches = DeviceBatches(on_device.x, on_device.y, batch, standardizer,
-                            generator=torch.Generator(device).manual_seed(0))
+    batches = DeviceBatches(
+        on_device.x, on_device.y, batch, standardizer, generator=torch.Generator(device).manual_seed(0)
+    )
     scale = train.x.to(torch.float32) / 255.0  # ToTensor's range, for the per-channel statistics
     mean, std = scale.mean(dim=(0, 2, 3)).tolist(), scale.std(dim=(0, 2, 3)).tolist()
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     loader = torch.utils.data.DataLoader(
-        _UInt8ImageDataset(train.x, train.y, transform), batch_size=batch, shuffle=True, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        _UInt8ImageDataset(train.x, train.y, transform),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
 
     def ours() -> None:
-        for xb, yb in batches:
+        for _ in batches:
             pass
 
     def dataloader() -> None:
@@ -269,9 +274,11 @@ def bench_data(bundle: DataBundle, device: torch.device, batch: int, rounds: int
         "device_batches_ms": medians["device_batches"],
         "dataloader_ms": medians["dataloader"],
         "speedup": medians["dataloader"] / medians["device_batches"],
-        "dataloader_setup": (f"torchvision ToTensor + Normalize(per-channel mean/std) on PIL images made from the "
-                             f"same uint8 tensor (already decoded), num_workers={workers}, shuffle, then "
-                             f".to({device.type}) and flatten"),
+        "dataloader_setup": (
+            f"torchvision ToTensor + Normalize(per-channel mean/std) on PIL images made from the "
+            f"same uint8 tensor (already decoded), num_workers={workers}, shuffle, then "
+            f".to({device.type}) and flatten"
+        ),
         "device_batches_setup": "DeviceBatches: uint8 split on the device, permutation, gather, per-pixel standardise",
     }
 
@@ -329,17 +336,24 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"load average (1/5/15 min) before {load['before']}, after {load['after']}")
         busy, cores, threads = load["before"][0], os.cpu_count() or 1, report["threads"]
         if report["device"].startswith("cpu") and threads > 1 and busy + threads > cores + 0.5:
-            lines.append(f"warning: load average {busy:.1f} on {cores} cores; with {threads} threads each parallel "
-                         f"op waits for a core (try --threads 1, or a quiet machine)")
+            lines.append(
+                f"warning: load average {busy:.1f} on {cores} cores; with {threads} threads each parallel "
+                f"op waits for a core (try --threads 1, or a quiet machine)"
+            )
     lines.append("")
-    header = f"{'model':<8} {'backend':<16} {'batch':>5} {'ms/step':>9} {'vs builtin':>10} {'saved MiB':>9} {'peak MiB':>8} {'GFLOP/s':>8}"
+    header = (
+        f"{'model':<8} {'backend':<16} {'batch':>5} {'ms/step':>9} {'vs builtin':>10} {'saved MiB':>9} "
+        f"{'peak MiB':>8} {'GFLOP/s':>8}"
+    )
     lines += [header, "-" * len(header)]
     for row in report["steps"]:
         backend = row["backend"] + ("+compile" if row["compiled"] else "")
         peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.1f}"
         gflops = "-" if row["gflops"] is None else f"{row['gflops']:.1f}"
-        lines.append(f"{row['model']:<8} {backend:<16} {row['batch']:>5} {row['ms']:>9.3f} "
-                     f"{row['ratio_vs_builtin']:>10.3f} {row['saved_bytes'] / 2**20:>9.3f} {peak:>8} {gflops:>8}")
+        lines.append(
+            f"{row['model']:<8} {backend:<16} {row['batch']:>5} {row['ms']:>9.3f} "
+            f"{row['ratio_vs_builtin']:>10.3f} {row['saved_bytes'] / 2**20:>9.3f} {peak:>8} {gflops:>8}"
+        )
     by_backend = ", ".join(f"{name} {value:.2f}" for name, value in report["gemm_efficiency_by_backend"].items())
     lines += ["", f"gemm efficiency (mlp step FLOP rate / torch.mm on its GEMM shapes): {by_backend}"]
     d = report["data"]

@@ -128,7 +128,9 @@ def backend_gradients(
         for p in params.values():
             p.grad = None
         loss, _ = model.compute_gradients(x, target, class_weight=class_weight, backend=backend)
-        grads = {name: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for name, p in params.items()}
+        grads = {
+            name: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for name, p in params.items()
+        }
     finally:
         for name, p in params.items():
             p.grad = saved[name]
@@ -164,7 +166,8 @@ def finite_difference_gradients(
                     losses.append(model.loss(x, target, class_weight, backend="builtin").item())
                     patterns.append(model.kink_pattern(x))
                 flat[k] = original
-                if patterns[0] is not None and not all(torch.equal(patterns[0], q) for q in patterns[1:]):
+                first = patterns[0]
+                if first is not None and not all(q is not None and torch.equal(first, q) for q in patterns[1:]):
                     skipped += 1
                     continue
                 l2, l1, m1, m2 = losses
@@ -233,7 +236,9 @@ def _row(
 
 def format_report(report: CompareReport) -> str:
     """A fixed-width table: one line per parameter and pair, then the verdict."""
-    header = f"{'param':<16} {'pair':<18} {'shape':<12} {'max|Δ|':>10} {'max rel':>10} {'scaled':>10} {'tol':>7}  verdict"
+    header = (
+        f"{'param':<16} {'pair':<18} {'shape':<12} {'max|Δ|':>10} {'max rel':>10} {'scaled':>10} {'tol':>7}  verdict"
+    )
     lines = [header, "-" * len(header)]
     for row in report.rows:
         shape = "x".join(map(str, row.shape))

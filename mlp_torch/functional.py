@@ -251,9 +251,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         ``(N, out)``.
     """
     if x.dim() != 2 or weight.dim() != 2:
-        raise ValueError(f"linear expects x (N, in) and weight (out, in); got x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+        raise ValueError(
+            f"linear expects x (N, in) and weight (out, in); got x {tuple(x.shape)}, weight {tuple(weight.shape)}"
+        )
     if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear: x has {x.shape[1]} features but weight expects {weight.shape[1]} (weight is (out, in))")
+        raise ValueError(
+            f"linear: x has {x.shape[1]} features but weight expects {weight.shape[1]} (weight is (out, in))"
+        )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     _check_same(x, weight, "x", "weight")
@@ -359,7 +363,9 @@ def _function_target(
         raise ValueError(f"target is on {target.device} but logits are on {logits.device}; move both to one device")
     if weight is not None:
         if tuple(weight.shape) != (num_classes,):
-            raise ValueError(f"weight must have shape ({num_classes},) for {num_classes} classes; got {tuple(weight.shape)}")
+            raise ValueError(
+                f"weight must have shape ({num_classes},) for {num_classes} classes; got {tuple(weight.shape)}"
+            )
         _check_same(logits, weight, "logits", "weight")
 
     if target.dim() == 1:  # class indices
@@ -379,7 +385,9 @@ def _function_target(
 
     if target.dim() == 2:  # one-hot or probability rows
         if tuple(target.shape) != tuple(logits.shape):
-            raise ValueError(f"probability targets must have the logits' shape {tuple(logits.shape)}; got {tuple(target.shape)}")
+            raise ValueError(
+                f"probability targets must have the logits' shape {tuple(logits.shape)}; got {tuple(target.shape)}"
+            )
         if target.dtype != logits.dtype:
             raise TypeError(f"probability targets must have the logits' dtype {logits.dtype}; got {target.dtype}")
         wy = target if weight is None else target * weight

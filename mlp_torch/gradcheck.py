@@ -161,7 +161,9 @@ def check_op(case: OpCase, device: torch.device, seed: int = 0) -> list[CheckRes
     results.append(CheckResult(case.name, "gradcheck", err, bool(ok)))
 
     if case.double_backward:
-        ok = torch.autograd.gradgradcheck(case.ours, leaves, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, raise_exception=False)
+        ok = torch.autograd.gradgradcheck(
+            case.ours, leaves, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, raise_exception=False
+        )
         vjp = _vjp_fn(case.ours, inputs, wrt, g)
         err = _max_jacobian_error(vjp, inputs, wrt)
         results.append(CheckResult(case.name, "gradgradcheck", err, bool(ok)))

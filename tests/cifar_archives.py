@@ -29,8 +29,12 @@ CIFAR100_TEST = 16
 
 def _entry(rng: np.random.Generator, labels: np.ndarray, labels_key: str) -> dict:
     data = rng.integers(0, 256, size=(len(labels), 3 * 32 * 32), dtype=np.uint8)
-    return {"batch_label": "tiny", labels_key: labels.tolist(), "data": data,
-            "filenames": [f"img_{i}.png" for i in range(len(labels))]}
+    return {
+        "batch_label": "tiny",
+        labels_key: labels.tolist(),
+        "data": data,
+        "filenames": [f"img_{i}.png" for i in range(len(labels))],
+    }
 
 
 def _add(tar: tarfile.TarFile, name: str, obj: dict) -> None:
@@ -80,11 +84,16 @@ class TinyCifar:
 
 def build_tiny_cifar(seed: int = 0) -> TinyCifar:
     rng = np.random.default_rng(seed)
-    entries10 = {f"cifar-10-batches-py/data_batch_{i}": _entry(rng, np.arange(CIFAR10_PER_BATCH) % 10, "labels")
-                 for i in range(1, 6)}
+    entries10 = {
+        f"cifar-10-batches-py/data_batch_{i}": _entry(rng, np.arange(CIFAR10_PER_BATCH) % 10, "labels")
+        for i in range(1, 6)
+    }
     entries10["cifar-10-batches-py/test_batch"] = _entry(rng, np.arange(CIFAR10_TEST) % 10, "labels")
     entries10["cifar-10-batches-py/batches.meta"] = {
-        "label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": CIFAR10_PER_BATCH, "num_vis": 3072}
+        "label_names": list(CIFAR10_CLASSES),
+        "num_cases_per_batch": CIFAR10_PER_BATCH,
+        "num_vis": 3072,
+    }
     bear = CIFAR100_CLASSES.index("bear")
     # every 4th image is a bear (fine label 3); the others get labels 50.. (never 3)
     train100 = np.where(np.arange(CIFAR100_TRAIN) % 4 == 0, bear, 50 + np.arange(CIFAR100_TRAIN) % 40)
@@ -97,8 +106,10 @@ def build_tiny_cifar(seed: int = 0) -> TinyCifar:
     entries100 = {
         "cifar-100-python/train": with_coarse(_entry(rng, train100, "fine_labels")),
         "cifar-100-python/test": with_coarse(_entry(rng, test100, "fine_labels")),
-        "cifar-100-python/meta": {"fine_label_names": list(CIFAR100_CLASSES),
-                                  "coarse_label_names": [f"super{i}" for i in range(20)]},
+        "cifar-100-python/meta": {
+            "fine_label_names": list(CIFAR100_CLASSES),
+            "coarse_label_names": [f"super{i}" for i in range(20)],
+        },
     }
     return TinyCifar(_targz(entries10), _targz(entries100), entries10, entries100)
 

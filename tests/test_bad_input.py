@@ -14,8 +14,20 @@ from mlp_torch.cli import main
 from mlp_torch.data import DataOptions
 from mlp_torch.training import TrainConfig, train
 
-SYNTH = ["--dataset", "synthetic", "--image-size", "8", "--hidden", "16", "--epochs", "1", "--no-progress",
-         "--no-cache", "--device", "cpu"]
+SYNTH = [
+    "--dataset",
+    "synthetic",
+    "--image-size",
+    "8",
+    "--hidden",
+    "16",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--no-cache",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +35,26 @@ def world(tmp_path_factory) -> dict[str, Path]:
     """An existing run, an image folder with classes a and b, an empty folder and a broken image."""
     root = tmp_path_factory.mktemp("world")
     runs = root / "runs"
-    run = Path(train(TrainConfig(
-        hidden=[16], epochs=1, batch_size=32, progress=False, device="cpu", histogram_every=0, runs_dir=runs,
-        data=DataOptions(dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20,
-                         image_size=8, cache=False),
-    ))["run_dir"])
+    run = Path(
+        train(
+            TrainConfig(
+                hidden=[16],
+                epochs=1,
+                batch_size=32,
+                progress=False,
+                device="cpu",
+                histogram_every=0,
+                runs_dir=runs,
+                data=DataOptions(
+                    dataset="synthetic",
+                    synthetic_train_per_class=60,
+                    synthetic_test_per_class=20,
+                    image_size=8,
+                    cache=False,
+                ),
+            )
+        )["run_dir"]
+    )
     for split in ("train", "test"):
         for name, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
             (root / "images" / split / name).mkdir(parents=True)
@@ -39,8 +66,11 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -58,29 +88,55 @@ CASES = {
     "negative lr": (["train", *SYNTH, "--lr", "-0.1"], "--lr must be a positive number"),
     "zero batch size": (["train", *SYNTH, "--batch-size", "0"], "--batch-size must be a positive number, got 0"),
     "text batch size": (["train", *SYNTH, "--batch-size", "many"], "invalid int value: 'many'"),
-    "unknown CIFAR class": (["train", "--dataset", "cifar", "--classes", "cat,zebra", "--data-root", "{root}/empty"],
-                            "unknown CIFAR class name(s) zebra; valid CIFAR-10 names: airplane"),
+    "unknown CIFAR class": (
+        ["train", "--dataset", "cifar", "--classes", "cat,zebra", "--data-root", "{root}/empty"],
+        "unknown CIFAR class name(s) zebra; valid CIFAR-10 names: airplane",
+    ),
     "unknown model": (["train", *SYNTH, "--model", "resnet"], "invalid choice: 'resnet' (choose from 'softmax'"),
     "unknown activation": (["train", *SYNTH, "--activation", "gelu"], "invalid choice: 'gelu' (choose from"),
     "unknown backend": (["train", *SYNTH, "--backend", "jax"], "invalid choice: 'jax' (choose from 'builtin'"),
     "unknown dataset": (["train", "--dataset", "mnist"], "invalid choice: 'mnist'"),
-    "missing data root": (["train", "--dataset", "folder", "--data-root", "{root}/nowhere", "--no-progress"],
-                          "image folder {root}/nowhere does not exist; expected DATA_ROOT/train/<class>"),
-    "empty data root": (["train", "--dataset", "folder", "--data-root", "{root}/empty", "--no-progress"],
-                        "{root}/empty has no train/ folder"),
-    "class not in the folder": (["train", "--dataset", "folder", "--data-root", "{root}/images", "--classes", "a,c",
-                                 "--no-cache", "--no-progress"], "classes found in"),
-    "unreadable image in predict": (["predict", "{run}", "{root}/broken.png", "--device", "cpu"],
-                                    "cannot read image {root}/broken.png"),
-    "missing image in predict": (["predict", "{run}", "{root}/nowhere.png", "--device", "cpu"],
-                                 "image {root}/nowhere.png does not exist"),
+    "missing data root": (
+        ["train", "--dataset", "folder", "--data-root", "{root}/nowhere", "--no-progress"],
+        "image folder {root}/nowhere does not exist; expected DATA_ROOT/train/<class>",
+    ),
+    "empty data root": (
+        ["train", "--dataset", "folder", "--data-root", "{root}/empty", "--no-progress"],
+        "{root}/empty has no train/ folder",
+    ),
+    "class not in the folder": (
+        [
+            "train",
+            "--dataset",
+            "folder",
+            "--data-root",
+            "{root}/images",
+            "--classes",
+            "a,c",
+            "--no-cache",
+            "--no-progress",
+        ],
+        "classes found in",
+    ),
+    "unreadable image in predict": (
+        ["predict", "{run}", "{root}/broken.png", "--device", "cpu"],
+        "cannot read image {root}/broken.png",
+    ),
+    "missing image in predict": (
+        ["predict", "{run}", "{root}/nowhere.png", "--device", "cpu"],
+        "image {root}/nowhere.png does not exist",
+    ),
     "cuda without a GPU": (["train", *SYNTH, "--device", "cuda"], "no CUDA GPU is available; use --device cpu"),
     "unknown device": (["train", *SYNTH, "--device", "tpu"], "unknown device 'tpu'; use one of auto, cpu"),
-    "resume of a folder that is not a run": (["train", "--resume", "{root}/images"],
-                                             "{root}/images is not a run directory"),
+    "resume of a folder that is not a run": (
+        ["train", "--resume", "{root}/images"],
+        "{root}/images is not a run directory",
+    ),
     "resume of a missing folder": (["train", "--resume", "{root}/nowhere"], "is not a run directory"),
-    "eval of a folder that is not a run": (["eval", "{root}/empty", "--device", "cpu"],
-                                           "is a folder without checkpoints/best.pt"),
+    "eval of a folder that is not a run": (
+        ["eval", "{root}/empty", "--device", "cpu"],
+        "is a folder without checkpoints/best.pt",
+    ),
     "unknown split": (["eval", "{run}", "--split", "holdout"], "invalid choice: 'holdout'"),
 }
 
@@ -109,8 +165,7 @@ def test_bad_flags_exit_2_without_a_traceback_as_a_process(world):
         (["train", "--dataset", "synthetic", "--lr", "-1", "--runs-dir", str(world["runs"])], "--lr must be"),
         (["train", "--model", "resnet"], "argument --model: invalid choice"),
     ):
-        proc = subprocess.run([sys.executable, "-m", "mlp_torch", *argv], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "mlp_torch", *argv], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2
         (line,) = proc.stderr.strip().splitlines()
         assert line.startswith("mlp-torch train: error: ") and phrase in line

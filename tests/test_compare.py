@@ -83,7 +83,9 @@ def test_a_wrong_custom_gradient_fails(tmp_path: Path, monkeypatch: pytest.Monke
             return dh * (1 - h)  # should be 1 − h²
 
     monkeypatch.setitem(mlp._CUSTOM_ACTIVATIONS, "tanh", WrongTanh.apply)
-    code, report = run_compare(tmp_path, "--model", "mlp", "--hidden", "16", "--activation", "tanh", "--image-size", "8")
+    code, report = run_compare(
+        tmp_path, "--model", "mlp", "--hidden", "16", "--activation", "tanh", "--image-size", "8"
+    )
     assert code == 1
     assert {row["pair"] for row in report["rows"] if not row["ok"]} == {"custom-vs-builtin"}
 

@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from mlp_torch import metrics
-from mlp_torch.data import (DataOptions, DeviceBatches, Standardizer, balance_weights, class_weights, load_data,
-                            random_crop, random_flip, stratified_split)
+from mlp_torch.data import (
+    DataOptions,
+    DeviceBatches,
+    Standardizer,
+    balance_weights,
+    class_weights,
+    load_data,
+    random_crop,
+    random_flip,
+    stratified_split,
+)
 from mlp_torch.errors import UsageError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -58,8 +67,9 @@ def _fit(model: torch.nn.Module, bundle, epochs: int) -> float:
 def test_synthetic_is_learnable_linear_well_above_chance_and_an_mlp_higher(synthetic):
     torch.manual_seed(0)
     linear = _fit(torch.nn.Linear(3072, 3), synthetic, epochs=8)
-    mlp = _fit(torch.nn.Sequential(torch.nn.Linear(3072, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)),
-               synthetic, epochs=8)
+    mlp = _fit(
+        torch.nn.Sequential(torch.nn.Linear(3072, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)), synthetic, epochs=8
+    )
     assert 0.5 < linear < 0.95, linear  # chance is 1/3; not separable outright
     assert mlp > linear + 0.08, (linear, mlp)
 
@@ -89,8 +99,15 @@ def test_bundle_val_comes_from_train_and_test_is_untouched(synthetic):
 
 
 def test_bad_options_are_usage_errors():
-    for kw in ({"dataset": "mnist"}, {"val_fraction": 1.0}, {"balance": "oversample"}, {"image_size": 0},
-               {"augment_crop": -1}, {"classes": ["cat", "cat"]}, {"classes": []}):
+    for kw in (
+        {"dataset": "mnist"},
+        {"val_fraction": 1.0},
+        {"balance": "oversample"},
+        {"image_size": 0},
+        {"augment_crop": -1},
+        {"classes": ["cat", "cat"]},
+        {"classes": []},
+    ):
         with pytest.raises(UsageError):
             DataOptions(**kw)
 
@@ -183,8 +200,12 @@ def test_crop_is_a_window_of_the_zero_padded_image(device):
     padded = torch.nn.functional.pad(x, (pad,) * 4)
     offsets = set()
     for i in range(len(x)):
-        hits = [(t, l) for t in range(2 * pad + 1) for l in range(2 * pad + 1)
-                if torch.equal(out[i], padded[i, :, t:t + 6, l:l + 6])]
+        hits = [
+            (top, left)
+            for top in range(2 * pad + 1)
+            for left in range(2 * pad + 1)
+            if torch.equal(out[i], padded[i, :, top : top + 6, left : left + 6])
+        ]
         assert hits, f"image {i} is not a window of its padded self"
         offsets.add(hits[0])
     assert len(offsets) > 5

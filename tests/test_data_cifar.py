@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cifar_archives import ArchiveServer, build_tiny_cifar, leftovers
+
 from mlp_torch.data import DataOptions, load_data
 from mlp_torch.errors import DataError, DownloadError
 
@@ -29,9 +29,14 @@ def server(tiny):
 
 def options(tmp_path: Path, server: ArchiveServer, tiny, **overrides) -> DataOptions:
     kwargs = dict(
-        dataset="cifar", data_root=tmp_path / "data", cache_dir=tmp_path / "cache", val_fraction=0.0,
-        cifar10_url=server.url("c10.tar.gz"), cifar10_md5=tiny.md5_10,
-        cifar100_url=server.url("c100.tar.gz"), cifar100_md5=tiny.md5_100,
+        dataset="cifar",
+        data_root=tmp_path / "data",
+        cache_dir=tmp_path / "cache",
+        val_fraction=0.0,
+        cifar10_url=server.url("c10.tar.gz"),
+        cifar10_md5=tiny.md5_10,
+        cifar100_url=server.url("c100.tar.gz"),
+        cifar100_md5=tiny.md5_100,
     )
     kwargs.update(overrides)
     return DataOptions(**kwargs)
@@ -53,7 +58,8 @@ def test_cat_dog_bear_across_both_archives_round_trips_exactly(tmp_path, server,
     assert len(bundle.val) == 0
     root = tmp_path / "data"
     assert {"cifar-10-python.tar.gz", "cifar-100-python.tar.gz", "cifar-10-batches-py", "cifar-100-python"} <= {
-        p.name for p in root.iterdir()}
+        p.name for p in root.iterdir()
+    }
     assert not [p for p in root.iterdir() if p.name.startswith(".") or p.name.endswith(".part")]
 
 
@@ -81,8 +87,15 @@ def test_an_archive_placed_by_hand_is_verified_and_extracted_without_network(tmp
     root = tmp_path / "data"
     root.mkdir()
     (root / "cifar-10-python.tar.gz").write_bytes(tiny.cifar10)
-    opts = DataOptions(dataset="cifar", data_root=root, classes=["cat"], cache=False, val_fraction=0.0,
-                       cifar10_url="http://127.0.0.1:9/never", cifar10_md5=tiny.md5_10)
+    opts = DataOptions(
+        dataset="cifar",
+        data_root=root,
+        classes=["cat"],
+        cache=False,
+        val_fraction=0.0,
+        cifar10_url="http://127.0.0.1:9/never",
+        cifar10_md5=tiny.md5_10,
+    )
     bundle = load_data(opts)
     assert torch.equal(bundle.train.x, torch.from_numpy(tiny.expected("cat", "train")))
 
@@ -111,8 +124,14 @@ def test_a_corrupt_archive_is_detected_and_never_half_extracted(tmp_path, tiny):
     truncated = tiny.cifar10[: len(tiny.cifar10) * 2 // 3]  # md5 matches, the gzip stream does not end
     srv = ArchiveServer({"c10.tar.gz": truncated})
     try:
-        opts = DataOptions(dataset="cifar", data_root=tmp_path / "data", classes=["cat"], cache=False,
-                           cifar10_url=srv.url("c10.tar.gz"), cifar10_md5=hashlib.md5(truncated).hexdigest())
+        opts = DataOptions(
+            dataset="cifar",
+            data_root=tmp_path / "data",
+            classes=["cat"],
+            cache=False,
+            cifar10_url=srv.url("c10.tar.gz"),
+            cifar10_md5=hashlib.md5(truncated).hexdigest(),
+        )
         with pytest.raises(DownloadError, match="corrupt"):
             load_data(opts)
     finally:
@@ -125,8 +144,14 @@ def test_an_archive_without_the_expected_files_is_refused(tmp_path, tiny):
 
     srv = ArchiveServer({"c10.tar.gz": tiny.cifar100})  # right format, wrong archive
     try:
-        opts = DataOptions(dataset="cifar", data_root=tmp_path / "data", classes=["cat"], cache=False,
-                           cifar10_url=srv.url("c10.tar.gz"), cifar10_md5=hashlib.md5(tiny.cifar100).hexdigest())
+        opts = DataOptions(
+            dataset="cifar",
+            data_root=tmp_path / "data",
+            classes=["cat"],
+            cache=False,
+            cifar10_url=srv.url("c10.tar.gz"),
+            cifar10_md5=hashlib.md5(tiny.cifar100).hexdigest(),
+        )
         with pytest.raises(DataError, match="lacks cifar-10-batches-py/batches.meta"):
             load_data(opts)
     finally:
@@ -138,9 +163,16 @@ def test_no_server_fails_fast_and_says_what_to_place_where(tmp_path, tiny):
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    opts = DataOptions(dataset="cifar", data_root=tmp_path / "data", classes=["cat", "bear"], cache=False,
-                       cifar10_url=f"http://127.0.0.1:{port}/c10.tar.gz", cifar10_md5=tiny.md5_10,
-                       cifar100_url=f"http://127.0.0.1:{port}/c100.tar.gz", cifar100_md5=tiny.md5_100)
+    opts = DataOptions(
+        dataset="cifar",
+        data_root=tmp_path / "data",
+        classes=["cat", "bear"],
+        cache=False,
+        cifar10_url=f"http://127.0.0.1:{port}/c10.tar.gz",
+        cifar10_md5=tiny.md5_10,
+        cifar100_url=f"http://127.0.0.1:{port}/c100.tar.gz",
+        cifar100_md5=tiny.md5_100,
+    )
     assert opts.download_timeout <= 10  # a stalled server gives up within seconds, not minutes
     with pytest.raises(DownloadError) as err:
         load_data(opts)

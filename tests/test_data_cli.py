@@ -13,8 +13,9 @@ from mlp_torch.data import add_data_arguments, data_options_from_args
 
 def test_data_command_prints_counts_and_writes_json(tmp_path, capsys):
     out = tmp_path / "sub" / "out.json"
-    assert main(["data", "--dataset", "synthetic", "--classes", "x, y", "--val-fraction", "0.2",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["data", "--dataset", "synthetic", "--classes", "x, y", "--val-fraction", "0.2", "--json", str(out)]) == 0
+    )
     printed = capsys.readouterr().out
     assert "synthetic (seed 0)" in printed and "cache:      none" in printed
     assert json.loads(out.read_text()) == {
@@ -37,8 +38,23 @@ def test_shared_flags_build_options_and_env_overrides_the_urls(monkeypatch, tmp_
     parser = argparse.ArgumentParser()
     add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(["--classes", "cat,bear", "--cache-dir", str(tmp_path), "--balance", "sample",
-                              "--augment-flip", "--augment-crop", "4", "--seed", "3", "--cifar10-md5", "0" * 32])
+    args = parser.parse_args(
+        [
+            "--classes",
+            "cat,bear",
+            "--cache-dir",
+            str(tmp_path),
+            "--balance",
+            "sample",
+            "--augment-flip",
+            "--augment-crop",
+            "4",
+            "--seed",
+            "3",
+            "--cifar10-md5",
+            "0" * 32,
+        ]
+    )
     opts = data_options_from_args(args)
     assert opts.classes == ["cat", "bear"] and opts.cache_dir == tmp_path and opts.seed == 3
     assert opts.balance == "sample" and opts.augment_flip and opts.augment_crop == 4
@@ -51,7 +67,18 @@ def test_help_shows_the_data_flags_with_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["data", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--dataset", "--data-root", "--classes", "--val-fraction", "--image-size", "--cache-dir",
-                 "--balance", "--augment-flip", "--augment-crop", "--cifar10-url", "--json"):
+    for flag in (
+        "--dataset",
+        "--data-root",
+        "--classes",
+        "--val-fraction",
+        "--image-size",
+        "--cache-dir",
+        "--balance",
+        "--augment-flip",
+        "--augment-crop",
+        "--cifar10-url",
+        "--json",
+    ):
         assert flag in text
     assert "(default: 0.1)" in text

@@ -52,8 +52,11 @@ def test_mixed_files_load_as_rgb_uint8_with_labels_by_class_order(folder, tmp_pa
     root, exact = folder
     bundle = load_data(opts(root, tmp_path))
     assert bundle.classes == ["apple", "moose", "zebra"]  # default: every folder, sorted
-    assert bundle.counts() == {"train": {"apple": 3, "moose": 3, "zebra": 3}, "val": {"apple": 0, "moose": 0, "zebra": 0},
-                               "test": {"apple": 2, "moose": 2, "zebra": 2}}
+    assert bundle.counts() == {
+        "train": {"apple": 3, "moose": 3, "zebra": 3},
+        "val": {"apple": 0, "moose": 0, "zebra": 0},
+        "test": {"apple": 2, "moose": 2, "zebra": 2},
+    }
     assert bundle.train.x.shape == (9, 3, 32, 32) and bundle.train.x.dtype == torch.uint8
     for split, data in (("train", bundle.train), ("test", bundle.test)):
         for label, name in enumerate(bundle.classes):

@@ -312,6 +312,7 @@ def test_vmap_grad_per_sample_gradients(device):
         looped = torch.func.grad(loss)(params, x[i], y[i])
         for name in params:
             torch.testing.assert_close(per_sample[name][i], looped[name], rtol=1e-12, atol=1e-14)
+
     # and they match PyTorch's own ops
     def ref_loss(p, xi, yi):
         a1 = torch.sigmoid(F.linear(xi[None], p["W1"], p["b1"]))

@@ -21,13 +21,22 @@ from mlp_torch.training import TrainConfig, train
 from mlp_torch.training import checkpoint as checkpoint_module
 from mlp_torch.training.checkpoint import load_checkpoint, save_checkpoint
 
-TINY_DATA = dict(dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20, image_size=8,
-                 cache=False)
+TINY_DATA = dict(
+    dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20, image_size=8, cache=False
+)
 
 
 def tiny_config(runs_dir: Path, **overrides) -> TrainConfig:
-    values = dict(hidden=[16], epochs=2, batch_size=32, progress=False, device="cpu", histogram_every=0,
-                  runs_dir=runs_dir, data=DataOptions(**TINY_DATA))
+    values = dict(
+        hidden=[16],
+        epochs=2,
+        batch_size=32,
+        progress=False,
+        device="cpu",
+        histogram_every=0,
+        runs_dir=runs_dir,
+        data=DataOptions(**TINY_DATA),
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -44,10 +53,31 @@ def good_run(tmp_path_factory) -> Path:
 
 def test_huge_learning_rate_stops_with_one_line_naming_the_non_finite_value(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "mlp_torch", "train", "--dataset", "synthetic", "--lr", "1e12", "--epochs", "3",
-         "--image-size", "8", "--hidden", "16", "--no-progress", "--no-cache", "--device", "cpu",
-         "--runs-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mlp_torch",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--lr",
+            "1e12",
+            "--epochs",
+            "3",
+            "--image-size",
+            "8",
+            "--hidden",
+            "16",
+            "--no-progress",
+            "--no-cache",
+            "--device",
+            "cpu",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -94,6 +124,7 @@ def test_a_non_finite_gradient_keeps_the_last_good_checkpoint_and_writes_metrics
 def fault(exc: BaseException):
     def raise_it(*args, **kwargs):
         raise exc
+
     return raise_it
 
 
@@ -102,17 +133,27 @@ def half_written_then_crash(data, f, *args, **kwargs):
     raise OSError(28, "No space left on device")
 
 
-@pytest.mark.parametrize("target, replacement", [
-    (torch, ("save", half_written_then_crash)),
-    (os, ("fsync", fault(OSError(5, "Input/output error")))),
-    (os, ("replace", fault(OSError(18, "Invalid cross-device link")))),
-    (torch, ("save", fault(KeyboardInterrupt()))),  # a second Ctrl-C mid-save
-], ids=["torch.save", "fsync", "rename", "ctrl-c"])
-def test_a_failed_save_leaves_the_previous_checkpoint_intact_and_no_temp_file(tmp_path, monkeypatch, target,
-                                                                                  replacement):
+@pytest.mark.parametrize(
+    "target, replacement",
+    [
+        (torch, ("save", half_written_then_crash)),
+        (os, ("fsync", fault(OSError(5, "Input/output error")))),
+        (os, ("replace", fault(OSError(18, "Invalid cross-device link")))),
+        (torch, ("save", fault(KeyboardInterrupt()))),  # a second Ctrl-C mid-save
+    ],
+    ids=["torch.save", "fsync", "rename", "ctrl-c"],
+)
+def test_a_failed_save_leaves_the_previous_checkpoint_intact_and_no_temp_file(
+    tmp_path, monkeypatch, target, replacement
+):
     path = tmp_path / "last.pt"
-    payload = {"model_config": {"kind": "mlp"}, "model_state": {"w": torch.arange(6.0)}, "classes": ["a", "b"],
-               "image_size": 8, "standardizer": {}}
+    payload = {
+        "model_config": {"kind": "mlp"},
+        "model_state": {"w": torch.arange(6.0)},
+        "classes": ["a", "b"],
+        "image_size": 8,
+        "standardizer": {},
+    }
     save_checkpoint(path, payload)
     before = path.read_bytes()
     name, fake = replacement
@@ -181,8 +222,7 @@ def bad_files(tmp_path: Path, good_run: Path) -> dict[str, tuple[Path, str]]:
     newer["version"] = checkpoint_module.VERSION + 1
     torch.save(newer, tmp_path / "newer.pt")
     out["newer"] = (tmp_path / "newer.pt", "newer than this mlp_torch reads")
-    torch.save({"format": checkpoint_module.FORMAT, "payload": RunsCode(tmp_path / "code-ran")},
-               tmp_path / "code.pt")
+    torch.save({"format": checkpoint_module.FORMAT, "payload": RunsCode(tmp_path / "code-ran")}, tmp_path / "code.pt")
     out["code"] = (tmp_path / "code.pt", "refused without running anything")
     with open(tmp_path / "pickle.pt", "wb") as f:
         pickle.dump({"format": checkpoint_module.FORMAT}, f, protocol=4)
@@ -219,9 +259,14 @@ def test_eval_and_predict_of_a_bad_file_fail_with_one_line_and_exit_2(tmp_path, 
 def test_eval_of_a_file_that_is_not_a_checkpoint_fails_cleanly_as_a_process(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    proc = subprocess.run([sys.executable, "-m", "mlp_torch", "eval", str(text), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlp_torch", "eval", str(text), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(f"mlp-torch eval: error: {text} is not a readable mlp_torch checkpoint: "
-                           "it is not a PyTorch checkpoint file (")  # then the exception torch raised
+    assert line.startswith(
+        f"mlp-torch eval: error: {text} is not a readable mlp_torch checkpoint: it is not a PyTorch checkpoint file ("
+    )  # then the exception torch raised

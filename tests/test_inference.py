@@ -25,10 +25,20 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished 3-epoch run: (config, metrics, run directory)."""
-    data = DataOptions(dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20,
-                       image_size=8, cache=False)
-    config = TrainConfig(hidden=[16], epochs=3, batch_size=32, lr=0.05, device="cpu", histogram_every=0,
-                         runs_dir=tmp_path_factory.mktemp("inference") / "runs", progress=False, data=data)
+    data = DataOptions(
+        dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20, image_size=8, cache=False
+    )
+    config = TrainConfig(
+        hidden=[16],
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        device="cpu",
+        histogram_every=0,
+        runs_dir=tmp_path_factory.mktemp("inference") / "runs",
+        progress=False,
+        data=data,
+    )
     metrics = train(config)
     return config, metrics, Path(metrics["run_dir"])
 
@@ -101,8 +111,7 @@ def test_predict_prints_top_classes_with_probabilities(run, tmp_path, capsys):
     _, _, run_dir = run
     images = write_images(tmp_path)
     out = tmp_path / "predictions.json"
-    assert main(["predict", str(run_dir), *map(str, images), "--top", "2", "--device", "cpu",
-                 "--json", str(out)]) == 0
+    assert main(["predict", str(run_dir), *map(str, images), "--top", "2", "--device", "cpu", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert all(str(path) in printed for path in images)
     predictions = json.loads(out.read_text())

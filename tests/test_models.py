@@ -25,7 +25,9 @@ TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 IN, C, N = 20, 4, 32
 
 
-def grads_of(model: Classifier, x: torch.Tensor, y: torch.Tensor, backend: str, **kw) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def grads_of(
+    model: Classifier, x: torch.Tensor, y: torch.Tensor, backend: str, **kw
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss, logits = model.compute_gradients(x, y, backend=backend, **kw)
     return loss, logits, [p.grad.clone() for p in model.parameters()]
@@ -165,9 +167,12 @@ def test_state_dict_moves_between_backends(src: str) -> None:
 def test_state_dict_layout() -> None:
     model = build_model("mlp", 12, 3, [5, 4], "relu")
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
-        "layers.0.weight": (5, 12), "layers.0.bias": (5,),
-        "layers.1.weight": (4, 5), "layers.1.bias": (4,),
-        "layers.2.weight": (3, 4), "layers.2.bias": (3,),
+        "layers.0.weight": (5, 12),
+        "layers.0.bias": (5,),
+        "layers.1.weight": (4, 5),
+        "layers.1.bias": (4,),
+        "layers.2.weight": (3, 4),
+        "layers.2.bias": (3,),
     }
     assert list(build_model("softmax", 12, 3).state_dict()) == ["layers.0.weight", "layers.0.bias"]
     assert list(build_model("perceptron", 12, 3).state_dict()) == ["layers.0.weight", "layers.0.bias"]

@@ -75,7 +75,7 @@ def test_sgd_on_the_perceptron_criterion_is_the_perceptron_rule(num_classes: int
     optimizer = torch.optim.SGD(sgd.parameters(), lr=lr)
     for n in range(len(x)):  # batches of one sample, in the same order
         optimizer.zero_grad()
-        sgd.compute_gradients(x[n:n + 1], y[n:n + 1])
+        sgd.compute_gradients(x[n : n + 1], y[n : n + 1])
         optimizer.step()
     for p, q in zip(sgd.parameters(), rule.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
@@ -100,8 +100,11 @@ def test_criterion_is_zero_exactly_when_every_prediction_is_right() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_perceptron_trains_on_image_classes(backend: str) -> None:
-    bundle = load_data(DataOptions(dataset="synthetic", image_size=8, synthetic_train_per_class=200,
-                                   synthetic_test_per_class=100, cache=False))
+    bundle = load_data(
+        DataOptions(
+            dataset="synthetic", image_size=8, synthetic_train_per_class=200, synthetic_test_per_class=100, cache=False
+        )
+    )
     standardize = Standardizer.fit(bundle.train.x)
     x, y = standardize(bundle.train.x), bundle.train.y
     x_test, y_test = standardize(bundle.test.x), bundle.test.y

@@ -95,8 +95,7 @@ def test_relu_and_step_are_exact(dtype, data, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@given(data=st.data(), n=st.integers(1, 4), fan_in=st.integers(1, 6), fan_out=st.integers(1, 5),
-       bias=st.booleans())
+@given(data=st.data(), n=st.integers(1, 4), fan_in=st.integers(1, 6), fan_out=st.integers(1, 5), bias=st.booleans())
 def test_linear_matches_torch(dtype, data, n, fan_in, fan_out, bias):
     x = data.draw(tensors((n, fan_in), dtype)).requires_grad_()
     w = data.draw(tensors((fan_out, fan_in), dtype)).requires_grad_()
@@ -111,9 +110,11 @@ def test_linear_matches_torch(dtype, data, n, fan_in, fan_out, bias):
     inputs = (x, w, b) if bias else (x, w)
     got = torch.autograd.grad(a, inputs, da)
     expected = torch.autograd.grad(ref, inputs, da)
-    bounds = (2 * fan_out * eps * (da.abs() @ aw) + fan_out * tiny,  # dx = da W: fan_out terms
-              2 * n * eps * (da.abs().T @ ax) + n * tiny,  # dW = daᵀ x: n terms
-              2 * n * eps * da.abs().sum(0) + n * tiny)  # db = Σ_n da
+    bounds = (
+        2 * fan_out * eps * (da.abs() @ aw) + fan_out * tiny,  # dx = da W: fan_out terms
+        2 * n * eps * (da.abs().T @ ax) + n * tiny,  # dW = daᵀ x: n terms
+        2 * n * eps * da.abs().sum(0) + n * tiny,
+    )  # db = Σ_n da
     for name, g, e, bound in zip(("dx", "dW", "db"), got, expected, bounds):
         assert_close(g, e, bound, name)
 
@@ -123,15 +124,21 @@ def test_linear_matches_torch(dtype, data, n, fan_in, fan_out, bias):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@given(data=st.data(), n=st.integers(1, 5), num_classes=st.integers(2, 6),
-       reduction=st.sampled_from(["none", "sum", "mean"]), weighted=st.booleans())
+@given(
+    data=st.data(),
+    n=st.integers(1, 5),
+    num_classes=st.integers(2, 6),
+    reduction=st.sampled_from(["none", "sum", "mean"]),
+    weighted=st.booleans(),
+)
 def test_softmax_cross_entropy_matches_torch(dtype, data, n, num_classes, reduction, weighted):
     logits = data.draw(tensors((n, num_classes), dtype)).requires_grad_()
     target = torch.tensor(data.draw(st.lists(st.integers(0, num_classes - 1), min_size=n, max_size=n)))
     weight = None
     if weighted:  # positive weights, so that "mean" never divides by zero
-        weight = torch.tensor(data.draw(st.lists(st.floats(0.1, 10.0), min_size=num_classes,
-                                                 max_size=num_classes)), dtype=dtype)
+        weight = torch.tensor(
+            data.draw(st.lists(st.floats(0.1, 10.0), min_size=num_classes, max_size=num_classes)), dtype=dtype
+        )
     loss = ours.softmax_cross_entropy(logits, target, reduction=reduction, weight=weight)
     ref = F.cross_entropy(logits, target, reduction=reduction, weight=weight)
     eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny

@@ -19,8 +19,24 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
 # Small and quick, with a constant learning rate so that the total epoch count (100000 in the
 # interrupted run, a few in the reference run) does not change the schedule.
-FLAGS = ["--dataset", "synthetic", "--image-size", "8", "--hidden", "16", "--no-progress", "--no-cache",
-         "--device", "cpu", "--schedule", "constant", "--warmup-epochs", "0", "--histogram-every", "0"]
+FLAGS = [
+    "--dataset",
+    "synthetic",
+    "--image-size",
+    "8",
+    "--hidden",
+    "16",
+    "--no-progress",
+    "--no-cache",
+    "--device",
+    "cpu",
+    "--schedule",
+    "constant",
+    "--warmup-epochs",
+    "0",
+    "--histogram-every",
+    "0",
+]
 START_TIMEOUT = 120  # seconds for a loaded 2-core machine to import torch and finish one epoch
 
 
@@ -28,7 +44,9 @@ def start_training(runs_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, Pat
     out, err = log_dir / "stdout.txt", log_dir / "stderr.txt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlp_torch", "train", *FLAGS, "--epochs", "100000", "--runs-dir", str(runs_dir)],
-        stdout=out.open("w"), stderr=err.open("w"), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=out.open("w"),
+        stderr=err.open("w"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     return proc, out, err
 
@@ -55,8 +73,7 @@ def model_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model_state"]
 
 
-@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_last_pt_prints_the_resume_command_and_resume_continues(tmp_path, signum, exit_code):
     runs = tmp_path / "runs"
     proc, out, err = start_training(runs, tmp_path)

@@ -23,18 +23,34 @@ from mlp_torch.training import TrainConfig, load_checkpoint, load_run_config, tr
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 6  # 162 training images in batches of 32
-PER_EPOCH_SCALARS = ["loss/train", "loss/val", "accuracy/train", "accuracy/val", "accuracy/val_balanced", "lr",
-                     "grad_norm/layer0", "grad_norm/layer1", "weight_norm/layer0", "weight_norm/layer1"]
+PER_EPOCH_SCALARS = [
+    "loss/train",
+    "loss/val",
+    "accuracy/train",
+    "accuracy/val",
+    "accuracy/val_balanced",
+    "lr",
+    "grad_norm/layer0",
+    "grad_norm/layer1",
+    "weight_norm/layer0",
+    "weight_norm/layer1",
+]
 HISTOGRAMS = ["weights/layer0", "weights/layer1", "gradients/layer0", "gradients/layer1", "activations/hidden0"]
-HPARAM_METRICS = ["hparam/test_accuracy", "hparam/test_balanced_accuracy", "hparam/best_val_accuracy",
-                  "hparam/best_val_balanced_accuracy"]
+HPARAM_METRICS = [
+    "hparam/test_accuracy",
+    "hparam/test_balanced_accuracy",
+    "hparam/best_val_accuracy",
+    "hparam/best_val_balanced_accuracy",
+]
 
 
 def tiny_config(runs_dir: Path, **overrides) -> TrainConfig:
-    data = DataOptions(dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20,
-                       image_size=8, cache=False)
-    values = dict(hidden=[16], epochs=EPOCHS, batch_size=32, lr=0.05, device="cpu", runs_dir=runs_dir,
-                  progress=False, data=data)
+    data = DataOptions(
+        dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20, image_size=8, cache=False
+    )
+    values = dict(
+        hidden=[16], epochs=EPOCHS, batch_size=32, lr=0.05, device="cpu", runs_dir=runs_dir, progress=False, data=data
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -67,7 +83,9 @@ def test_scalars_once_per_epoch(run):
         assert steps(events, "Scalars", tag) == [1, 2, 3], tag
     logged = [e.value for e in events.Scalars("accuracy/val_balanced")]
     assert logged == pytest.approx([h["val_balanced_accuracy"] for h in metrics["history"]])
-    assert [e.value for e in events.Scalars("loss/train")] == pytest.approx([h["train_loss"] for h in metrics["history"]])
+    assert [e.value for e in events.Scalars("loss/train")] == pytest.approx(
+        [h["train_loss"] for h in metrics["history"]]
+    )
     assert not any(tag.startswith("grad_check/") for tag in tags), "the gradient check is off by default"
 
 
@@ -83,7 +101,7 @@ def test_histograms_images_and_text(run):
     (text,) = events.Tensors("config/text_summary")
     body = text.tensor_proto.string_val[0].decode()
     assert body.startswith("```json\n") and body.endswith("\n```")
-    assert json.loads(body[len("```json\n"):-len("\n```")]) == config.to_dict()
+    assert json.loads(body[len("```json\n") : -len("\n```")]) == config.to_dict()
 
 
 def test_weight_templates_are_the_min_max_scaled_first_layer_rows(run):
@@ -95,7 +113,7 @@ def test_weight_templates_are_the_min_max_scaled_first_layer_rows(run):
     for k, row in enumerate(weight):
         template = row.reshape(3, 8, 8).permute(1, 2, 0)  # H,W,3
         expected = ((template - template.min()) / (template.max() - template.min()) * 255).numpy()
-        tile = pixels[8 * (k // 8):8 * (k // 8 + 1), 8 * (k % 8):8 * (k % 8 + 1)]
+        tile = pixels[8 * (k // 8) : 8 * (k // 8 + 1), 8 * (k % 8) : 8 * (k % 8 + 1)]
         assert tile.min() == 0 and tile.max() == 255, k
         assert np.abs(tile - expected).max() <= 1.0, k
 
@@ -162,4 +180,6 @@ def test_resumed_run_continues_the_same_curves(tmp_path):
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["checkpoints"]
     assert all(p.parent == run_dir for p in run_dir.rglob("events.out.tfevents.*"))
-    assert [e.value for e in events.Scalars("loss/train")] == pytest.approx([h["train_loss"] for h in metrics["history"]])
+    assert [e.value for e in events.Scalars("loss/train")] == pytest.approx(
+        [h["train_loss"] for h in metrics["history"]]
+    )

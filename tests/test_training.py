@@ -27,19 +27,46 @@ from mlp_torch.training.trainer import Trainer, make_run_dir
 
 TEST_SIZE = 3 * 20  # 3 classes × synthetic_test_per_class
 STEPS_PER_EPOCH = 6  # 3 × 54 training images (6 per class go to validation) in batches of 32
-METRIC_KEYS = {"test_accuracy", "test_balanced_accuracy", "best_val_accuracy", "best_val_balanced_accuracy",
-               "per_class_accuracy", "confusion_matrix", "epochs", "train_seconds", "status", "history",
-               "classes", "best_epoch", "run_dir", "test_loss"}
+METRIC_KEYS = {
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "best_val_accuracy",
+    "best_val_balanced_accuracy",
+    "per_class_accuracy",
+    "confusion_matrix",
+    "epochs",
+    "train_seconds",
+    "status",
+    "history",
+    "classes",
+    "best_epoch",
+    "run_dir",
+    "test_loss",
+}
 
 
 def tiny_data(**overrides) -> DataOptions:
-    return DataOptions(dataset="synthetic", synthetic_train_per_class=60, synthetic_test_per_class=20,
-                       image_size=8, cache=False, **overrides)
+    return DataOptions(
+        dataset="synthetic",
+        synthetic_train_per_class=60,
+        synthetic_test_per_class=20,
+        image_size=8,
+        cache=False,
+        **overrides,
+    )
 
 
 def tiny_config(runs_dir: Path, data: DataOptions | None = None, **overrides) -> TrainConfig:
-    values = dict(hidden=[16], epochs=3, batch_size=32, lr=0.05, device="cpu", runs_dir=runs_dir,
-                  progress=False, data=data or tiny_data())
+    values = dict(
+        hidden=[16],
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        device="cpu",
+        runs_dir=runs_dir,
+        progress=False,
+        data=data or tiny_data(),
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -185,8 +212,9 @@ def test_every_backend_trains_through_the_loop_to_the_same_parameters(tmp_path, 
     for backend in ("custom", "manual"):
         for name, reference in finals["builtin"].items():
             # the same arithmetic in another order: 12 SGD steps apart only by float32 rounding
-            torch.testing.assert_close(finals[backend][name], reference, rtol=1e-4, atol=1e-5,
-                                       msg=lambda m: f"{backend} {name}: {m}")
+            torch.testing.assert_close(
+                finals[backend][name], reference, rtol=1e-4, atol=1e-5, msg=lambda m, b=backend, n=name: f"{b} {n}: {m}"
+            )
 
 
 @pytest.mark.parametrize("balance", ["weights", "sample"])
@@ -198,8 +226,19 @@ def test_balance_and_augmentation_train(tmp_path, balance):
 
 
 def test_adam_and_step_schedule_train(tmp_path):
-    metrics = train(tiny_config(tmp_path, epochs=2, optimizer="adam", lr=0.01, schedule="step", step_size=1,
-                                gamma=0.5, warmup_epochs=0, histogram_every=0))
+    metrics = train(
+        tiny_config(
+            tmp_path,
+            epochs=2,
+            optimizer="adam",
+            lr=0.01,
+            schedule="step",
+            step_size=1,
+            gamma=0.5,
+            warmup_epochs=0,
+            histogram_every=0,
+        )
+    )
     lrs = [h["lr"] for h in metrics["history"]]
     assert lrs == pytest.approx([0.005, 0.0025]), "step decay halves η after each epoch"
 
@@ -228,8 +267,11 @@ def assert_same_final_state(a: Path, b: Path) -> None:
     assert ca["best"] == cb["best"]
 
 
-@pytest.mark.parametrize("data", [tiny_data(), tiny_data(balance="sample", augment_flip=True, augment_crop=2)],
-                         ids=["plain", "sample-augment"])
+@pytest.mark.parametrize(
+    "data",
+    [tiny_data(), tiny_data(balance="sample", augment_flip=True, augment_crop=2)],
+    ids=["plain", "sample-augment"],
+)
 def test_resume_at_an_epoch_boundary_is_bitwise_exact(tmp_path, data):
     config = tiny_config(tmp_path / "whole", data=data, epochs=4, histogram_every=0)
     whole = Path(train(config)["run_dir"])
@@ -280,9 +322,29 @@ def test_resume_in_the_middle_of_an_epoch_is_bitwise_exact(tmp_path, monkeypatch
 
 def test_cli_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     runs = tmp_path / "runs"
-    args = ["train", "--dataset", "synthetic", "--image-size", "8", "--no-cache", "--hidden", "8",
-            "--epochs", "2", "--batch-size", "256", "--device", "cpu", "--no-progress", "--histogram-every", "0",
-            "--runs-dir", str(runs), "--name", "cli-resume"]
+    args = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--image-size",
+        "8",
+        "--no-cache",
+        "--hidden",
+        "8",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "256",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--histogram-every",
+        "0",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "cli-resume",
+    ]
     with monkeypatch.context() as patch:
         signal_at_step(patch, 13)  # 2,700 training images in batches of 256: 11 steps per epoch
         assert main(args) == 130
@@ -304,9 +366,26 @@ def test_cli_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkey
 
 
 def cli_args(runs: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", "synthetic", "--image-size", "8", "--no-cache", "--hidden", "8",
-            "--epochs", "2", "--batch-size", "256", "--device", "cpu", "--no-progress",
-            "--runs-dir", str(runs), *extra]
+    return [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--image-size",
+        "8",
+        "--no-cache",
+        "--hidden",
+        "8",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "256",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--runs-dir",
+        str(runs),
+        *extra,
+    ]
 
 
 def test_cli_train_prints_epochs_table_and_tensorboard_command(tmp_path, capsys):
@@ -354,14 +433,32 @@ def test_help_shows_every_default(monkeypatch, capsys):
         else:
             flag = ""
     d = TrainConfig()
-    expected = {"--model": d.model, "--hidden": d.hidden, "--activation": d.activation,
-                "--backend": d.backend, "--epochs": d.epochs, "--batch-size": d.batch_size,
-                "--optimizer": d.optimizer, "--lr": "mlp 0.05, linear models 0.001", "--momentum": d.momentum, "--nesterov": d.nesterov,
-                "--weight-decay": d.weight_decay, "--schedule": d.schedule, "--warmup-epochs": d.warmup_epochs,
-                "--step-size": d.step_size, "--gamma": d.gamma, "--seed": d.seed, "--device": d.device,
-                "--runs-dir": d.runs_dir, "--name": "", "--check-grads-every": d.check_grads_every,
-                "--histogram-every": d.histogram_every, "--progress": d.progress, "--dataset": "cifar",
-                "--balance": "none"}
+    expected = {
+        "--model": d.model,
+        "--hidden": d.hidden,
+        "--activation": d.activation,
+        "--backend": d.backend,
+        "--epochs": d.epochs,
+        "--batch-size": d.batch_size,
+        "--optimizer": d.optimizer,
+        "--lr": "mlp 0.05, linear models 0.001",
+        "--momentum": d.momentum,
+        "--nesterov": d.nesterov,
+        "--weight-decay": d.weight_decay,
+        "--schedule": d.schedule,
+        "--warmup-epochs": d.warmup_epochs,
+        "--step-size": d.step_size,
+        "--gamma": d.gamma,
+        "--seed": d.seed,
+        "--device": d.device,
+        "--runs-dir": d.runs_dir,
+        "--name": "",
+        "--check-grads-every": d.check_grads_every,
+        "--histogram-every": d.histogram_every,
+        "--progress": d.progress,
+        "--dataset": "cifar",
+        "--balance": "none",
+    }
     for flag, default in expected.items():
         assert f"(default: {default})" in entries[flag], entries[flag]
     assert d.backend == "custom" and d.model == "mlp" and d.activation == "sigmoid", "the lecture's defaults"
@@ -373,8 +470,13 @@ def test_console_script_trains_in_a_subprocess(tmp_path):
     assert exe.is_file(), "the package is installed with its console entry point"
     runs = tmp_path / "runs"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    done = subprocess.run([str(exe), *cli_args(runs, "--epochs", "1", "--histogram-every", "0")],
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [str(exe), *cli_args(runs, "--epochs", "1", "--histogram-every", "0")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     run_dir = only_run_dir(runs)
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 1
@@ -386,7 +488,9 @@ def test_trains_on_each_device(tmp_path, device):
     config = tiny_config(tmp_path, epochs=2, device=device.type, check_grads_every=5)
     metrics = train(config)
     run_dir = Path(metrics["run_dir"])
-    assert metrics["status"] == "completed" and json.loads((run_dir / "config.json").read_text())["device"] == device.type
+    assert (
+        metrics["status"] == "completed" and json.loads((run_dir / "config.json").read_text())["device"] == device.type
+    )
     resumed_from = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
     assert all(t.device.type == "cpu" for t in resumed_from["model_state"].values()), "checkpoints load anywhere"
     loaded = load_model(run_dir, device)

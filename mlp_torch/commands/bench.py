@@ -26,18 +26,27 @@ def register(subparsers: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer rounds (same rows): under a minute on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (same rows): under a minute on 2 CPU cores")
     parser.add_argument("--compile", action="store_true", help="also time every step under torch.compile")
-    parser.add_argument("--rounds", type=int, default=None, metavar="R",
-                        help="rounds per MLP variant (the softmax gets 20x as many; default 30, or 5 with --quick)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        metavar="R",
+        help="rounds per MLP variant (the softmax gets 20x as many; default 30, or 5 with --quick)",
+    )
     parser.add_argument("--batch-size", type=int, default=512, help="samples per training step and per data batch")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models, the batch and the data")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help='also write {"device", "torch", "steps": [...], "gemm_efficiency", "data": {...}}')
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help='also write {"device", "torch", "steps": [...], "gemm_efficiency", "data": {...}}',
+    )
     add_data_arguments(parser)
     parser.set_defaults(dataset="synthetic", func=run)
 
@@ -50,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..utils import select_device, set_seed
 
-    for flag, value, low in (("--rounds", args.rounds, 1), ("--batch-size", args.batch_size, 1),
-                             ("--workers", args.workers, 0), ("--threads", args.threads, 0)):
+    for flag, value, low in (
+        ("--rounds", args.rounds, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--workers", args.workers, 0),
+        ("--threads", args.threads, 0),
+    ):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
     if args.threads:

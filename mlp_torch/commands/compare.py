@@ -37,15 +37,31 @@ def register(subparsers: Any) -> None:
     add_model_arguments(parser, backend=False)
     add_data_arguments(parser)
     parser.set_defaults(dataset="synthetic")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float64",
-                        help="parameter and input dtype; finite differences run in float64 only")
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float64",
+        help="parameter and input dtype; finite differences run in float64 only",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="samples in the batch")
-    parser.add_argument("--fd-samples", type=int, default=10, metavar="K",
-                        help="entries per parameter checked with finite differences (0 = none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the batch and the sampled entries")
+    parser.add_argument(
+        "--fd-samples",
+        type=int,
+        default=10,
+        metavar="K",
+        help="entries per parameter checked with finite differences (0 = none)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialisation, the batch and the sampled entries"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help='also write {"ok": bool, "rows": [{"param", "pair", "max_abs", "max_rel", "ok", ...}]}')
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help='also write {"ok": bool, "rows": [{"param", "pair", "max_abs", "max_rel", "ok", ...}]}',
+    )
     parser.set_defaults(func=run)
 
 
@@ -80,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = select_device(args.device), DTYPES[args.dtype]
     set_seed(args.seed)
     x, y, class_weight, classes = load_batch(args)
-    model = build_model(in_features=x.shape[1], num_classes=len(classes), seed=args.seed, **model_kwargs_from_args(args))
+    model = build_model(
+        in_features=x.shape[1], num_classes=len(classes), seed=args.seed, **model_kwargs_from_args(args)
+    )
     if args.model == "perceptron":
         with torch.no_grad():
             generator = torch.Generator().manual_seed(args.seed)
@@ -92,8 +110,13 @@ def run(args: argparse.Namespace) -> int:
         class_weight = class_weight.to(device=device, dtype=dtype)
 
     report = compare_gradients(
-        model, x, y, class_weight=class_weight, fd_samples=args.fd_samples,
-        finite_differences=dtype == torch.float64 and args.fd_samples > 0, seed=args.seed,
+        model,
+        x,
+        y,
+        class_weight=class_weight,
+        fd_samples=args.fd_samples,
+        finite_differences=dtype == torch.float64 and args.fd_samples > 0,
+        seed=args.seed,
     )
     print(f"{model.config()} on {x.shape[0]} samples of {len(classes)} classes, {args.dtype}, {device}")
     print(format_report(report))

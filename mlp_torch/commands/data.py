@@ -16,13 +16,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data",
         help="show the dataset a run would use: classes, per-split counts, cache",
         description="Load the dataset the data flags describe (downloading, decoding and caching it if needed) "
-                    "and print its source, classes, per-split per-class counts, image size and cache file.",
+        "and print its source, classes, per-split per-class counts, image size and cache file.",
         formatter_class=HelpFormatter,
     )
     add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split (and synthetic data)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help='also write {"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}}')
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help='also write {"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}}',
+    )
     parser.set_defaults(func=run)
 
 

@@ -15,13 +15,14 @@ def register(subparsers: Any) -> None:
         "eval",
         help="evaluate a run or checkpoint on its test (or val) split",
         description="Evaluate a trained model on a split of the data it was trained on.\n"
-                    "A run directory means its checkpoints/best.pt.",
+        "A run directory means its checkpoints/best.pt.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT", help="a run directory or a .pt file")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to evaluate")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="where the data live now, if not where they were during training")
+    parser.add_argument(
+        "--data-root", type=Path, default=None, help="where the data live now, if not where they were during training"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the metrics to PATH as JSON")
     parser.set_defaults(func=run)
@@ -34,12 +35,29 @@ def run(args: argparse.Namespace) -> int:
 
     result, classes = evaluate_checkpoint(args.checkpoint, select_device(args.device), args.split, args.data_root)
     per_class = dict(zip(classes, result.per_class_accuracy))
-    print(metrics_table(result.accuracy, result.balanced_accuracy, per_class, result.confusion_matrix,
-                        f"{args.split} split, {args.checkpoint}  (loss {result.loss:.4f})"))
+    print(
+        metrics_table(
+            result.accuracy,
+            result.balanced_accuracy,
+            per_class,
+            result.confusion_matrix,
+            f"{args.split} split, {args.checkpoint}  (loss {result.loss:.4f})",
+        )
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "split": args.split, "loss": result.loss, "accuracy": result.accuracy,
-            "balanced_accuracy": result.balanced_accuracy, "per_class_accuracy": per_class,
-            "confusion_matrix": result.confusion_matrix, "classes": classes,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "split": args.split,
+                    "loss": result.loss,
+                    "accuracy": result.accuracy,
+                    "balanced_accuracy": result.balanced_accuracy,
+                    "per_class_accuracy": per_class,
+                    "confusion_matrix": result.confusion_matrix,
+                    "classes": classes,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0

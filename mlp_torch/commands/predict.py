@@ -15,8 +15,8 @@ def register(subparsers: Any) -> None:
         "predict",
         help="classify image files with a trained model",
         description="Print the top classes of each image with their softmax probabilities. The checkpoint\n"
-                    "carries the class names, image size and normalisation; images of any size and mode\n"
-                    "are converted to RGB and resized as in training.",
+        "carries the class names, image size and normalisation; images of any size and mode\n"
+        "are converted to RGB and resized as in training.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT", help="a run directory or a .pt file")
@@ -43,7 +43,14 @@ def run(args: argparse.Namespace) -> int:
     if loaded.model.kind == "perceptron":
         print("(a perceptron is not a probabilistic model: these are softmax-normalised scores)")
     if args.json:
-        args.json.write_text(json.dumps(
-            [{"image": str(path), "top": [{"class": n, "probability": p} for n, p in top]}
-             for path, top in zip(args.images, predictions)], indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                [
+                    {"image": str(path), "top": [{"class": n, "probability": p} for n, p in top]}
+                    for path, top in zip(args.images, predictions)
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
     return 0

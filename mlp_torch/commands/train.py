@@ -38,17 +38,24 @@ def register(subparsers: Any) -> None:
     opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
     opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd (the lecture's) or adam")
-    opt.add_argument("--lr", type=float, default=None,
-                     help="peak learning rate η; linear models (softmax, perceptron, an mlp without hidden "
-                          f"layers) need a smaller one (default: mlp {DEFAULT_LR['mlp']}, linear models "
-                          f"{DEFAULT_LR['linear']})")
+    opt.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate η; linear models (softmax, perceptron, an mlp without hidden "
+        f"layers) need a smaller one (default: mlp {DEFAULT_LR['mlp']}, linear models "
+        f"{DEFAULT_LR['linear']})",
+    )
     opt.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (0 = plain SGD)")
-    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov,
-                     help="Nesterov momentum")
+    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov, help="Nesterov momentum")
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty λ (adds λw to ∂ℓ/∂w)")
     opt.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule after warm-up")
-    opt.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
-                     help="linear warm-up from 0 to --lr over this many epochs")
+    opt.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=d.warmup_epochs,
+        help="linear warm-up from 0 to --lr over this many epochs",
+    )
     opt.add_argument("--step-size", type=int, default=d.step_size, help="schedule step: epochs between decays")
     opt.add_argument("--gamma", type=float, default=d.gamma, help="schedule step: decay factor")
     run = parser.add_argument_group("run")
@@ -56,27 +63,59 @@ def register(subparsers: Any) -> None:
     run.add_argument("--device", default=d.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     run.add_argument("--runs-dir", type=Path, default=d.runs_dir, help="where run directories are created")
     run.add_argument("--name", default=d.name, help="run name (default: from the model, e.g. mlp512-sigmoid-custom)")
-    run.add_argument("--check-grads-every", type=int, default=d.check_grads_every, metavar="N",
-                     help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)")
-    run.add_argument("--histogram-every", type=int, default=d.histogram_every, metavar="N",
-                     help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)")
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress,
-                     help="show a progress bar per epoch")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                     help="continue RUN_DIR from checkpoints/last.pt with its own config.json "
-                          f"(only {', '.join('--' + k for k in RESUMABLE)} may change)")
+    run.add_argument(
+        "--check-grads-every",
+        type=int,
+        default=d.check_grads_every,
+        metavar="N",
+        help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)",
+    )
+    run.add_argument(
+        "--histogram-every",
+        type=int,
+        default=d.histogram_every,
+        metavar="N",
+        help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)",
+    )
+    run.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=d.progress, help="show a progress bar per epoch"
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from checkpoints/last.pt with its own config.json "
+        f"(only {', '.join('--' + k for k in RESUMABLE)} may change)",
+    )
     parser.set_defaults(func=run_train, _parser=parser)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` the parsed flags describe."""
     return TrainConfig(
-        model=args.model, hidden=list(args.hidden), activation=args.activation, backend=args.backend,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs, step_size=args.step_size, gamma=args.gamma, seed=args.seed,
-        device=args.device, runs_dir=args.runs_dir, name=args.name, check_grads_every=args.check_grads_every,
-        histogram_every=args.histogram_every, progress=args.progress, data=data_options_from_args(args),
+        model=args.model,
+        hidden=list(args.hidden),
+        activation=args.activation,
+        backend=args.backend,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        step_size=args.step_size,
+        gamma=args.gamma,
+        seed=args.seed,
+        device=args.device,
+        runs_dir=args.runs_dir,
+        name=args.name,
+        check_grads_every=args.check_grads_every,
+        histogram_every=args.histogram_every,
+        progress=args.progress,
+        data=data_options_from_args(args),
     )
 
 
@@ -91,16 +130,21 @@ def run_train(args: argparse.Namespace) -> int:
         explicit = _explicit_flags(args)
         ignored = sorted(explicit - set(RESUMABLE) - {"resume"})
         if ignored:
-            print("mlp-torch train: note: with --resume the run's config.json decides; ignoring "
-                  + ", ".join("--" + k.replace("_", "-") for k in ignored), file=sys.stderr)
+            print(
+                "mlp-torch train: note: with --resume the run's config.json decides; ignoring "
+                + ", ".join("--" + k.replace("_", "-") for k in ignored),
+                file=sys.stderr,
+            )
         for key in set(RESUMABLE) & explicit:
             setattr(config, key, getattr(args, key))
         config.validate()
         metrics = train(config, resume=args.resume)
     if metrics["status"] == "interrupted":
         run_dir = Path(metrics["run_dir"])
-        print(f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
-              f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}")
+        print(
+            f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
+            f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}"
+        )
         # 128 + the signal's number, as a shell reports a program the signal stopped (SIGTERM: 143)
         return 128 + signal.Signals[metrics["signal"]].value if metrics.get("signal") else INTERRUPTED_EXIT
     return 0
@@ -109,5 +153,8 @@ def run_train(args: argparse.Namespace) -> int:
 def _explicit_flags(args: argparse.Namespace) -> set[str]:
     """Destinations whose value differs from the parser's default (flags the user typed)."""
     parser: argparse.ArgumentParser = args._parser
-    return {key for key, value in vars(args).items()
-            if not key.startswith("_") and key not in ("func", "command") and value != parser.get_default(key)}
+    return {
+        key
+        for key, value in vars(args).items()
+        if not key.startswith("_") and key not in ("func", "command") and value != parser.get_default(key)
+    }

@@ -1,10 +1,10 @@
 """The data layer: CIFAR cat/dog/bear, image folders and synthetic data, decoded once, batched on the device.
 
-    opts = DataOptions(dataset="cifar", classes=["cat", "dog", "bear"])
-    bundle = load_data(opts)                       # CPU uint8 (N, 3, H, W) splits
-    std = Standardizer.fit(bundle.train.x)         # train statistics only; saved with the model
-    train = bundle.train.to(device)                # moved once
-    for xb, yb in DeviceBatches(train.x, train.y, 128, std, generator=g): ...
+opts = DataOptions(dataset="cifar", classes=["cat", "dog", "bear"])
+bundle = load_data(opts)                       # CPU uint8 (N, 3, H, W) splits
+std = Standardizer.fit(bundle.train.x)         # train statistics only; saved with the model
+train = bundle.train.to(device)                # moved once
+for xb, yb in DeviceBatches(train.x, train.y, 128, std, generator=g): ...
 """
 
 from .bundle import DataBundle, Split, balance_weights, load_data, stratified_split

@@ -103,8 +103,9 @@ def _decode_cached(opts: DataOptions, kind: str, root: Path, classes: list[str],
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    resized = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
-                                              align_corners=False)
+    resized = torch.nn.functional.interpolate(
+        x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -138,16 +139,22 @@ def _load_folder(opts: DataOptions):
     images = folder.list_images(root, classes)
     fingerprint = folder.source_fingerprint(images)
     source = f"image folder {root}"
-    return classes, source, *_decode_cached(
-        opts, "folder", root, classes, fingerprint, lambda: folder.load_folder(images, opts.image_size))
+    return (
+        classes,
+        source,
+        *_decode_cached(
+            opts, "folder", root, classes, fingerprint, lambda: folder.load_folder(images, opts.image_size)
+        ),
+    )
 
 
 def _load_synthetic(opts: DataOptions):
     classes = list(opts.classes) if opts.classes is not None else synthetic.synthetic_classes()
     if len(classes) < 2:
         raise DataError("synthetic data need at least 2 classes")
-    tensors = synthetic.make_synthetic(len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class,
-                                       opts.image_size, opts.seed)
+    tensors = synthetic.make_synthetic(
+        len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.seed
+    )
     return classes, f"synthetic (seed {opts.seed})", tensors, None, False
 
 

@@ -32,8 +32,11 @@ def cache_key(kind: str, root: Path | None, classes: list[str], image_size: int,
         image_size: the side images are resized to.
         fingerprint: anything JSON-serialisable that changes when the source files change.
     """
-    blob = json.dumps([CACHE_FORMAT, kind, str(root.resolve()) if root else None, classes, image_size, fingerprint],
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        [CACHE_FORMAT, kind, str(root.resolve()) if root else None, classes, image_size, fingerprint],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -78,7 +81,8 @@ def save_cached(path: Path, key: str, tensors: tuple[torch.Tensor, ...]) -> bool
         with atomic_write(path, mode=0o644) as f:  # readable like the public dataset it decodes
             torch.save({"key": key, **dict(zip(TENSOR_KEYS, tensors))}, f)
     except OSError as err:
-        warnings.warn(f"could not write the data cache {path} ({err}); pass --cache-dir DIR to put it elsewhere",
-                      stacklevel=2)
+        warnings.warn(
+            f"could not write the data cache {path} ({err}); pass --cache-dir DIR to put it elsewhere", stacklevel=2
+        )
         return False
     return True

@@ -31,19 +31,117 @@ from ..errors import DataError, DownloadError
 from .options import DataOptions
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 CIFAR100_CLASSES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
-    "tractor", "train", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 DEFAULT_CLASSES = ("cat", "dog", "bear")
 SIDE = 32  # the archives hold 32x32 RGB images, one row of 3*32*32 bytes each, channel-major
@@ -72,12 +170,30 @@ class ArchiveSpec:
 def archive_specs(opts: DataOptions) -> dict[str, ArchiveSpec]:
     """The two archives, with URL and md5 taken from ``opts`` (so tests and mirrors can swap them)."""
     return {
-        "cifar10": ArchiveSpec("CIFAR-10", opts.cifar10_url, opts.cifar10_md5, "cifar-10-python.tar.gz",
-                               "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                               ("test_batch",), "batches.meta", "label_names", "labels"),
-        "cifar100": ArchiveSpec("CIFAR-100", opts.cifar100_url, opts.cifar100_md5, "cifar-100-python.tar.gz",
-                                "cifar-100-python", ("train",), ("test",), "meta", "fine_label_names",
-                                "fine_labels"),
+        "cifar10": ArchiveSpec(
+            "CIFAR-10",
+            opts.cifar10_url,
+            opts.cifar10_md5,
+            "cifar-10-python.tar.gz",
+            "cifar-10-batches-py",
+            tuple(f"data_batch_{i}" for i in range(1, 6)),
+            ("test_batch",),
+            "batches.meta",
+            "label_names",
+            "labels",
+        ),
+        "cifar100": ArchiveSpec(
+            "CIFAR-100",
+            opts.cifar100_url,
+            opts.cifar100_md5,
+            "cifar-100-python.tar.gz",
+            "cifar-100-python",
+            ("train",),
+            ("test",),
+            "meta",
+            "fine_label_names",
+            "fine_labels",
+        ),
     }
 
 
@@ -109,8 +225,10 @@ def file_md5(path: Path) -> str:
 
 
 def _by_hand(spec: ArchiveSpec, root: Path) -> str:
-    return (f"download {spec.url} by hand and place it at {root / spec.filename} (md5 {spec.md5}), "
-            f"or extract it so that {root / spec.folder}/ holds {', '.join(spec.members)}; then rerun")
+    return (
+        f"download {spec.url} by hand and place it at {root / spec.filename} (md5 {spec.md5}), "
+        f"or extract it so that {root / spec.folder}/ holds {', '.join(spec.members)}; then rerun"
+    )
 
 
 def _download(spec: ArchiveSpec, root: Path, timeout: float) -> Path:
@@ -131,8 +249,10 @@ def _download(spec: ArchiveSpec, root: Path, timeout: float) -> Path:
         raise DownloadError(f"could not download {spec.name} ({reason}); {_by_hand(spec, root)}") from None
     if digest.hexdigest() != spec.md5:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"{spec.name} download from {spec.url} has md5 {digest.hexdigest()}, expected "
-                            f"{spec.md5} (truncated or wrong file, deleted); {_by_hand(spec, root)}")
+        raise DownloadError(
+            f"{spec.name} download from {spec.url} has md5 {digest.hexdigest()}, expected "
+            f"{spec.md5} (truncated or wrong file, deleted); {_by_hand(spec, root)}"
+        )
     os.replace(part, target)
     return target
 
@@ -146,8 +266,10 @@ def _extract(spec: ArchiveSpec, archive: Path, root: Path) -> None:
             members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
             missing = wanted - {m.name for m in members}
             if missing:
-                raise DataError(f"{archive} is not the {spec.name} archive: it lacks {', '.join(sorted(missing))}; "
-                                f"{_by_hand(spec, root)}")
+                raise DataError(
+                    f"{archive} is not the {spec.name} archive: it lacks {', '.join(sorted(missing))}; "
+                    f"{_by_hand(spec, root)}"
+                )
             tar.extractall(tmp, members=members, filter="data")
         os.replace(tmp / spec.folder, root / spec.folder)
     except (tarfile.TarError, EOFError, OSError) as err:
@@ -173,8 +295,10 @@ def ensure_extracted(spec: ArchiveSpec, root: Path, timeout: float = 10.0) -> Pa
     if archive.is_file():
         actual = file_md5(archive)
         if actual != spec.md5:
-            raise DownloadError(f"{archive} has md5 {actual}, expected {spec.md5}; delete it (it will be downloaded "
-                                f"again) or {_by_hand(spec, root)}")
+            raise DownloadError(
+                f"{archive} has md5 {actual}, expected {spec.md5}; delete it (it will be downloaded "
+                f"again) or {_by_hand(spec, root)}"
+            )
         _extract(spec, archive, root)
         return folder
     archive = _download(spec, root, timeout)

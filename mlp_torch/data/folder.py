@@ -57,12 +57,16 @@ def list_images(root: Path, classes: list[str]) -> dict[str, list[tuple[str, int
             folder = root / split / name
             if not folder.is_dir():
                 present = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
-                raise DataError(f"class folder {folder} is missing; classes found in {root / split}: "
-                                f"{', '.join(present) or 'none'}")
+                raise DataError(
+                    f"class folder {folder} is missing; classes found in {root / split}: {', '.join(present) or 'none'}"
+                )
             files = []
             for entry in os.scandir(folder):
-                if (not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-                        and entry.is_file()):
+                if (
+                    not entry.name.startswith(".")
+                    and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                    and entry.is_file()
+                ):
                     st = entry.stat()
                     files.append((entry.path, label, st.st_size, st.st_mtime_ns))
             if not files:
@@ -73,8 +77,11 @@ def list_images(root: Path, classes: list[str]) -> dict[str, list[tuple[str, int
 
 def source_fingerprint(images: dict[str, list[tuple[str, int, int, int]]]) -> list:
     """Each file's name, label, size and mtime: an added, removed or rewritten image changes the cache key."""
-    return [(split, os.path.basename(path), label, size, mtime)
-            for split, items in images.items() for path, label, size, mtime in items]
+    return [
+        (split, os.path.basename(path), label, size, mtime)
+        for split, items in images.items()
+        for path, label, size, mtime in items
+    ]
 
 
 def _decode(path: str, size: int) -> np.ndarray:
@@ -84,7 +91,7 @@ def _decode(path: str, size: int) -> np.ndarray:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img).convert("RGB")
             if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot read image {path} ({err}); delete or replace it") from None

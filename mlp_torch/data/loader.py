@@ -113,7 +113,7 @@ class DeviceBatches:
         Iterating yields exactly ``batch(order, 0), batch(order, 1), …``; the trainer calls these
         two directly so that it can stop after any batch and resume at the next one.
         """
-        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = order[i * self.batch_size : (i + 1) * self.batch_size]
         xb = self.x[idx]
         if self.augment_crop:
             xb = random_crop(xb, self.augment_crop, self.generator)

@@ -36,7 +36,7 @@ class Standardizer:
         total = torch.zeros(flat.shape[1], dtype=torch.float64, device=x.device)
         total_sq = torch.zeros_like(total)
         for start in range(0, len(flat), chunk):
-            part = flat[start:start + chunk].to(torch.float64)
+            part = flat[start : start + chunk].to(torch.float64)
             total += part.sum(0)
             total_sq += part.square().sum(0)
         n = len(flat)

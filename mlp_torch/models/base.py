@@ -11,7 +11,8 @@ The three gradient paths hold the same parameters (``layers.{i}.weight`` (out, i
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,25 @@ def check_size(name: str, value: int) -> int:
     return value
 
 
+class DenseLayers(nn.ModuleList):
+    """An ``nn.ModuleList`` of ``nn.Linear`` layers, typed as such (``layers[i].weight`` is a Tensor)."""
+
+    def __init__(self, layers: Iterable[nn.Linear]) -> None:
+        super().__init__(layers)
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __getitem__(self, idx: slice) -> DenseLayers: ...
+
+        @overload
+        def __getitem__(self, idx: int) -> nn.Linear: ...
+
+        def __getitem__(self, idx: int | slice) -> nn.Linear | DenseLayers: ...
+
+        def __iter__(self) -> Iterator[nn.Linear]: ...
+
+
 class Classifier(nn.Module):
     """Base class: a stack of dense ``layers`` and a loss, with three interchangeable gradient paths.
 
@@ -44,7 +64,7 @@ class Classifier(nn.Module):
     """
 
     kind: str = ""
-    layers: nn.ModuleList
+    layers: DenseLayers
 
     def __init__(self, backend: str = "builtin") -> None:
         super().__init__()
@@ -75,9 +95,7 @@ class Classifier(nn.Module):
                 return self._manual_forward(x)[0]
         return self._forward(x, custom=self.backend == "custom")
 
-    def loss(
-        self, x: Tensor, target: Tensor, class_weight: Tensor | None = None, backend: str | None = None
-    ) -> Tensor:
+    def loss(self, x: Tensor, target: Tensor, class_weight: Tensor | None = None, backend: str | None = None) -> Tensor:
         """The training loss (mean over the batch) at the current parameters, without backward."""
         backend = check_choice("backend", backend or self.backend, BACKENDS)
         if backend == "manual":
@@ -141,9 +159,7 @@ class Classifier(nn.Module):
     def _manual_forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         raise NotImplementedError
 
-    def _manual_loss(
-        self, logits: Tensor, target: Tensor, class_weight: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def _manual_loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def _manual_backward(self, cache: list[Tensor], dlogits: Tensor) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 # --------------------------------------------------------------------------- dense layer
 
 
@@ -102,6 +101,7 @@ def softmax_cross_entropy_with_grad(
         rows = torch.arange(n, device=logits.device)
         w_n = None if weight is None else weight[target]  # N
         nll = -logp[rows, target]  # N
+        norm: Tensor | float
         if w_n is None:
             loss, norm = nll.mean(), float(n)
         else:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .. import functional as MF
 from . import manual
-from .base import Classifier, check_choice, check_size
+from .base import Classifier, DenseLayers, check_choice, check_size
 
 ACTIVATIONS: tuple[str, ...] = ("sigmoid", "tanh", "relu")
 
@@ -74,7 +74,7 @@ class MLP(Classifier):
         self.activation = check_choice("activation", activation, ACTIVATIONS)
         self.seed = seed
         sizes = [self.in_features, *self.hidden, self.num_classes]
-        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        self.layers = DenseLayers(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         hidden_scheme = {"sigmoid": "xavier", "tanh": "xavier_tanh", "relu": "he"}[self.activation]
         for i, layer in enumerate(self.layers):
@@ -136,9 +136,7 @@ class MLP(Classifier):
         last = self.layers[-1]
         return manual.linear_forward(cache[-1], last.weight, last.bias), cache  # N,C
 
-    def _manual_loss(
-        self, logits: Tensor, target: Tensor, class_weight: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def _manual_loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None) -> tuple[Tensor, Tensor]:
         return manual.softmax_cross_entropy_with_grad(logits, target, class_weight)
 
     def _manual_backward(self, cache: list[Tensor], dlogits: Tensor) -> None:

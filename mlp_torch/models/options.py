@@ -19,17 +19,32 @@ def add_model_arguments(parser: argparse.ArgumentParser, backend: bool = True) -
         backend: also add ``--backend`` (``compare`` runs all three and leaves it out).
     """
     group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=MODEL_KINDS, default="mlp",
-                       help="softmax: linear softmax classifier; mlp: multi-layer perceptron; "
-                            "perceptron: Rosenblatt's perceptron (binary for 2 classes, else multi-class)")
-    group.add_argument("--hidden", type=int, nargs="*", default=[512], metavar="N",
-                       help="hidden layer sizes of the mlp, any depth (none = linear softmax)")
-    group.add_argument("--activation", choices=ACTIVATIONS, default="sigmoid",
-                       help="hidden-layer non-linearity of the mlp")
+    group.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="mlp",
+        help="softmax: linear softmax classifier; mlp: multi-layer perceptron; "
+        "perceptron: Rosenblatt's perceptron (binary for 2 classes, else multi-class)",
+    )
+    group.add_argument(
+        "--hidden",
+        type=int,
+        nargs="*",
+        default=[512],
+        metavar="N",
+        help="hidden layer sizes of the mlp, any depth (none = linear softmax)",
+    )
+    group.add_argument(
+        "--activation", choices=ACTIVATIONS, default="sigmoid", help="hidden-layer non-linearity of the mlp"
+    )
     if backend:
-        group.add_argument("--backend", choices=BACKENDS, default="builtin",
-                           help="gradient path: builtin = PyTorch ops + autograd, custom = our autograd Functions, "
-                                "manual = hand-written backward, no autograd")
+        group.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default="builtin",
+            help="gradient path: builtin = PyTorch ops + autograd, custom = our autograd Functions, "
+            "manual = hand-written backward, no autograd",
+        )
 
 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as MF
-from . import manual
 from ..errors import UsageError
-from .base import Classifier, check_size
+from . import manual
+from .base import Classifier, DenseLayers, check_size
 
 
 class Perceptron(Classifier):
@@ -57,13 +57,18 @@ class Perceptron(Classifier):
         if num_classes < 2:
             raise UsageError(f"a perceptron needs at least 2 classes, got {num_classes}")
         self.binary = num_classes == 2
-        self.layers = nn.ModuleList([nn.Linear(self.in_features, 1 if self.binary else self.num_classes)])
+        self.layers = DenseLayers([nn.Linear(self.in_features, 1 if self.binary else self.num_classes)])
         with torch.no_grad():
             self.layers[0].weight.zero_()
             self.layers[0].bias.zero_()
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "in_features": self.in_features, "num_classes": self.num_classes, "backend": self.backend}
+        return {
+            "kind": self.kind,
+            "in_features": self.in_features,
+            "num_classes": self.num_classes,
+            "backend": self.backend,
+        }
 
     def extra_repr(self) -> str:
         return f"binary={self.binary}, backend={self.backend!r}"
@@ -78,7 +83,9 @@ class Perceptron(Classifier):
         # the criterion is linear in W while every prediction stays the same
         return self.predict(x)
 
-    def fit(self, x: Tensor, y: Tensor, epochs: int = 100, lr: float = 1.0, shuffle_seed: int | None = None) -> list[int]:
+    def fit(
+        self, x: Tensor, y: Tensor, epochs: int = 100, lr: float = 1.0, shuffle_seed: int | None = None
+    ) -> list[int]:
         """The classical online algorithm: one sample at a time, update on each mistake.
 
         Stops after the first epoch without a mistake (the data are then separated).
@@ -148,9 +155,7 @@ class Perceptron(Classifier):
         layer = self.layers[0]
         return self._logits(manual.linear_forward(x, layer.weight, layer.bias)), [x]
 
-    def _manual_loss(
-        self, logits: Tensor, target: Tensor, class_weight: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def _manual_loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None) -> tuple[Tensor, Tensor]:
         n = logits.shape[0]
         rows = torch.arange(n, device=logits.device)
         w_n = torch.ones(n, dtype=logits.dtype, device=logits.device) if class_weight is None else class_weight[target]

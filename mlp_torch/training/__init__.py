@@ -1,7 +1,7 @@
 """Training, evaluation, checkpoints and TensorBoard logging: the layer above models and data.
 
-    from mlp_torch.training import TrainConfig, train, evaluate
-    metrics = train(TrainConfig(data=DataOptions(dataset="synthetic"), epochs=5))
+from mlp_torch.training import TrainConfig, train, evaluate
+metrics = train(TrainConfig(data=DataOptions(dataset="synthetic"), epochs=5))
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint

@@ -58,7 +58,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is not a file; pass a run directory or a checkpoint such as RUN_DIR/checkpoints/best.pt")
+        raise CheckpointError(
+            f"{path} is not a file; pass a run directory or a checkpoint such as RUN_DIR/checkpoints/best.pt"
+        )
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -70,18 +72,23 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "GLOBAL" in str(err):  # the weights-only unpickler refused to import something
-            raise CheckpointError(f"{path} holds Python objects other than tensors and plain types, which a checkpoint "
-                                  "may not; it was refused without running anything, and mlp-torch train did not "
-                                  "write it") from None
+            raise CheckpointError(
+                f"{path} holds Python objects other than tensors and plain types, which a checkpoint "
+                "may not; it was refused without running anything, and mlp-torch train did not "
+                "write it"
+            ) from None
         raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(head, err)}") from None
     except Exception as err:  # torch.load on damaged bytes raises almost anything (KeyError, OSError, RuntimeError...)
         raise CheckpointError(f"{path} is not a readable mlp_torch checkpoint: {_what_went_wrong(head, err)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an mlp_torch checkpoint (no '{FORMAT}' marker); was it written by another program?")
+        raise CheckpointError(
+            f"{path} is not an mlp_torch checkpoint (no '{FORMAT}' marker); was it written by another program?"
+        )
     version = data.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format version {version}, newer than this mlp_torch reads ({VERSION}); upgrade mlp_torch"
+            f"{path} has checkpoint format version {version}, newer than this mlp_torch reads ({VERSION}); "
+            "upgrade mlp_torch"
         )
     missing = [key for key in REQUIRED if key not in data]
     if missing:

@@ -153,6 +153,6 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
 
 
-def _positive(flag: str, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
+def _positive(flag: str, value: float | None) -> None:
+    if value is None or not (value > 0 and math.isfinite(value)):
         raise UsageError(f"{flag} must be a positive number, got {value}")

@@ -43,8 +43,8 @@ def evaluate(
     total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
     preds = []
     for start in range(0, len(x), batch_size):
-        xb = standardizer(x[start:start + batch_size]).to(dtype)
-        yb = y[start:start + batch_size]
+        xb = standardizer(x[start : start + batch_size]).to(dtype)
+        yb = y[start : start + batch_size]
         total_loss += model.loss(xb, yb).double() * len(xb)
         preds.append(model(xb).argmax(1))  # every model's logits are (N, C), also the binary perceptron's
     cm = confusion_matrix(torch.cat(preds) if preds else y[:0], y, num_classes)

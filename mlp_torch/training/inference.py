@@ -41,8 +41,10 @@ def resolve_checkpoint(path: Path) -> Path:
     if path.is_dir():
         best = path / "checkpoints" / "best.pt"
         if not best.is_file():
-            raise CheckpointError(f"{path} is a folder without checkpoints/best.pt; "
-                                  "pass a run directory made by mlp-torch train, or a .pt file")
+            raise CheckpointError(
+                f"{path} is a folder without checkpoints/best.pt; "
+                "pass a run directory made by mlp-torch train, or a .pt file"
+            )
         return best
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run directory or a checkpoint file")
@@ -109,5 +111,6 @@ def predict_images(loaded: LoadedModel, images: list[Path], top: int = 3) -> lis
     probs = torch.softmax(loaded.model(x), dim=1)  # B,C
     k = min(top, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
-    return [[(loaded.classes[i], float(v)) for v, i in zip(vs.tolist(), idx.tolist())]
-            for vs, idx in zip(values, indices)]
+    return [
+        [(loaded.classes[i], float(v)) for v, i in zip(vs.tolist(), idx.tolist())] for vs, idx in zip(values, indices)
+    ]

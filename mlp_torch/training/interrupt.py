@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 from types import FrameType, TracebackType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -21,15 +22,18 @@ class GracefulInterrupt:
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name} received: finishing this step and saving last.pt "
-              "(send it again to abort at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{self.signal_name} received: finishing this step and saving last.pt (send it again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
@@ -37,7 +41,8 @@ class GracefulInterrupt:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

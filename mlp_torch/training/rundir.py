@@ -38,8 +38,13 @@ def versions() -> dict[str, str]:
     import tensorboard
     import torchvision
 
-    return {"mlp_torch": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "tensorboard": tensorboard.__version__, "python": platform.python_version()}
+    return {
+        "mlp_torch": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "tensorboard": tensorboard.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def nan_to_none(value: Any) -> Any:

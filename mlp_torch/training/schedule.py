@@ -20,10 +20,16 @@ from .config import TrainConfig
 
 def build_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """SGD (``w ← w − η ∂ℓ/∂w``, with momentum/Nesterov/weight decay as configured) or Adam."""
+    assert config.lr is not None, "TrainConfig resolves lr in __post_init__"
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
 
 
 class LRFactor:

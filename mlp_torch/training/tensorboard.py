@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from ..models import Classifier
+
 MAX_TEMPLATES = 64  # first-layer rows shown as images (a 512-unit layer would be unreadable)
 CELL = 24  # pixels per confusion-matrix cell
 
@@ -43,13 +45,13 @@ class RunLogger:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def layer_norms(self, model: torch.nn.Module, grad_norms: list[float], epoch: int) -> None:
+    def layer_norms(self, model: Classifier, grad_norms: list[float], epoch: int) -> None:
         """``grad_norm/layer{i}`` (averaged over the epoch's steps) and ``weight_norm/layer{i}``."""
         for i, layer in enumerate(model.layers):
             self.writer.add_scalar(f"grad_norm/layer{i}", grad_norms[i], epoch)
             self.writer.add_scalar(f"weight_norm/layer{i}", _layer_norm(list(layer.parameters())), epoch)
 
-    def histograms(self, model: torch.nn.Module, hidden: list[Tensor], epoch: int) -> None:
+    def histograms(self, model: Classifier, hidden: list[Tensor], epoch: int) -> None:
         for i, layer in enumerate(model.layers):
             self.writer.add_histogram(f"weights/layer{i}", layer.weight.detach().float().cpu(), epoch)
             if layer.weight.grad is not None:

@@ -59,8 +59,14 @@ class EpochProgress:
     grad_norm_sums: list[float] = field(default_factory=list)
 
     def state(self) -> dict[str, Any]:
-        return {"order": self.order.cpu(), "step": self.step, "loss_sum": self.loss_sum, "correct": self.correct,
-                "seen": self.seen, "grad_norm_sums": list(self.grad_norm_sums)}
+        return {
+            "order": self.order.cpu(),
+            "step": self.step,
+            "loss_sum": self.loss_sum,
+            "correct": self.correct,
+            "seen": self.seen,
+            "grad_norm_sums": list(self.grad_norm_sums),
+        }
 
 
 def train(config: TrainConfig, resume: Path | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
@@ -89,8 +95,10 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     """
     path = Path(run_dir) / "config.json"
     if not path.is_file() or not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
-        raise UsageError(f"{run_dir} is not a run directory (it needs config.json and checkpoints/last.pt); "
-                         f"pass a folder such as runs/<date-time>_<name> made by mlp-torch train")
+        raise UsageError(
+            f"{run_dir} is not a run directory (it needs config.json and checkpoints/last.pt); "
+            f"pass a folder such as runs/<date-time>_<name> made by mlp-torch train"
+        )
     try:
         saved = json.loads(path.read_text())
         return TrainConfig.from_dict(saved["config"])
@@ -108,8 +116,13 @@ class Trainer:
         self.data: DataBundle = load_data(config.data)
         self.standardizer = Standardizer.fit(self.data.train.x)
         self.model = build_model(
-            kind=config.model, in_features=self.data.in_features, num_classes=self.data.num_classes,
-            hidden=config.hidden, activation=config.activation, backend=config.backend, seed=config.seed,
+            kind=config.model,
+            in_features=self.data.in_features,
+            num_classes=self.data.num_classes,
+            hidden=config.hidden,
+            activation=config.activation,
+            backend=config.backend,
+            seed=config.seed,
         ).to(self.device)
         self.train_split = self.data.train.to(self.device)
         self.val_split = self.data.val.to(self.device)
@@ -117,8 +130,14 @@ class Trainer:
         self.class_weight = None if loss_weights is None else loss_weights.to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.batches = DeviceBatches(
-            self.train_split.x, self.train_split.y, config.batch_size, self.standardizer, shuffle=True,
-            generator=self.generator, augment_flip=config.data.augment_flip, augment_crop=config.data.augment_crop,
+            self.train_split.x,
+            self.train_split.y,
+            config.batch_size,
+            self.standardizer,
+            shuffle=True,
+            generator=self.generator,
+            augment_flip=config.data.augment_flip,
+            augment_crop=config.data.augment_crop,
             sample_weights=sample_weights,
         )
         self.optimizer = build_optimizer(config, self.model.parameters())
@@ -177,8 +196,7 @@ class Trainer:
         """Run the rest of the current epoch; ``False`` if a signal stopped it part-way."""
         cfg, model = self.config, self.model
         if self.progress is None:
-            self.progress = EpochProgress(order=self.batches.epoch_order(),
-                                          grad_norm_sums=[0.0] * len(model.layers))
+            self.progress = EpochProgress(order=self.batches.epoch_order(), grad_norm_sums=[0.0] * len(model.layers))
         p = self.progress
         bar = _progress_bar(len(self.batches), p.step, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
         params = [list(layer.parameters()) for layer in model.layers]
@@ -192,8 +210,13 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss, logits = model.compute_gradients(xb, yb, class_weight=self.class_weight)
                 grad_sq = [sum(g.grad.double().square().sum() for g in layer if g.grad is not None) for layer in params]
-                stats = torch.stack([loss.double(), (logits.argmax(1) == yb).sum().double(),
-                                     *[torch.as_tensor(s, dtype=torch.float64, device=loss.device) for s in grad_sq]])
+                stats = torch.stack(
+                    [
+                        loss.double(),
+                        (logits.argmax(1) == yb).sum().double(),
+                        *[torch.as_tensor(s, dtype=torch.float64, device=loss.device) for s in grad_sq],
+                    ]
+                )
                 loss_value, correct, *layer_sq = stats.tolist()  # the one sync per step
                 self.check_finite(loss_value, layer_sq, p.step)
                 self.optimizer.step()
@@ -207,8 +230,9 @@ class Trainer:
                     p.grad_norm_sums[i] += math.sqrt(sq)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{100 * p.correct / p.seen:.1f}%",
-                                    refresh=False)
+                    bar.set_postfix(
+                        loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{100 * p.correct / p.seen:.1f}%", refresh=False
+                    )
                 if interrupt.requested and p.step < len(self.batches):
                     return False
         finally:
@@ -220,8 +244,11 @@ class Trainer:
         bad = []
         if not math.isfinite(loss):
             bad.append(f"the loss is {loss}")
-        bad += [f"the gradient of layer{i} has norm {math.sqrt(sq) if sq >= 0 else sq}"
-                for i, sq in enumerate(layer_sq) if not math.isfinite(sq)]
+        bad += [
+            f"the gradient of layer{i} has norm {math.sqrt(sq) if sq >= 0 else sq}"
+            for i, sq in enumerate(layer_sq)
+            if not math.isfinite(sq)
+        ]
         if bad:
             last = self.run_dir / "checkpoints" / "last.pt"
             kept = f"; the last good checkpoint {last} is unchanged" if last.exists() else ""
@@ -265,11 +292,17 @@ class Trainer:
         self.history.append(record)
         grad_norms = [s / steps for s in p.grad_norm_sums]
         self.progress = None
-        self.logger.scalars({
-            "loss/train": record["train_loss"], "loss/val": val.loss,
-            "accuracy/train": record["train_accuracy"], "accuracy/val": val.accuracy,
-            "accuracy/val_balanced": val.balanced_accuracy, "lr": record["lr"],
-        }, self.epoch)
+        self.logger.scalars(
+            {
+                "loss/train": record["train_loss"],
+                "loss/val": val.loss,
+                "accuracy/train": record["train_accuracy"],
+                "accuracy/val": val.accuracy,
+                "accuracy/val_balanced": val.balanced_accuracy,
+                "lr": record["lr"],
+            },
+            self.epoch,
+        )
         self.logger.layer_norms(self.model, grad_norms, self.epoch)
         if cfg.histogram_every and (self.epoch % cfg.histogram_every == 0 or self.epoch == cfg.epochs):
             probe = self.standardizer(self.val_split.x[:512]).to(next(self.model.parameters()).dtype)
@@ -278,8 +311,11 @@ class Trainer:
             self.logger.confusion(torch.tensor(val.confusion_matrix), self.epoch)
         improved = val.balanced_accuracy > self.best["val_balanced_accuracy"]
         if improved:
-            self.best = {"val_balanced_accuracy": val.balanced_accuracy, "val_accuracy": val.accuracy,
-                         "epoch": self.epoch}
+            self.best = {
+                "val_balanced_accuracy": val.balanced_accuracy,
+                "val_accuracy": val.accuracy,
+                "epoch": self.epoch,
+            }
         _write_line(epoch_line(record, cfg.epochs, improved))
         if improved:
             self.save("best.pt")
@@ -291,20 +327,32 @@ class Trainer:
         self.model.load_state_dict(best["model_state"])
         test = self.data.test.to(self.device)
         result = evaluate(self.model, test.x, test.y, self.standardizer)
-        metrics = self.write_metrics({
-            "status": "completed",
-            "test_loss": result.loss,
-            "test_accuracy": result.accuracy,
-            "test_balanced_accuracy": result.balanced_accuracy,
-            "per_class_accuracy": dict(zip(self.data.classes, result.per_class_accuracy)),
-            "confusion_matrix": result.confusion_matrix,
-        })
+        metrics = self.write_metrics(
+            {
+                "status": "completed",
+                "test_loss": result.loss,
+                "test_accuracy": result.accuracy,
+                "test_balanced_accuracy": result.balanced_accuracy,
+                "per_class_accuracy": dict(zip(self.data.classes, result.per_class_accuracy)),
+                "confusion_matrix": result.confusion_matrix,
+            }
+        )
         self.logger.confusion(torch.tensor(result.confusion_matrix), self.epoch, tag="confusion/test")
         hp = {k: v for k, v in self.config.to_dict().items() if k != "data"}
-        hp.update({"dataset": self.config.data.dataset, "classes": ",".join(self.data.classes),
-                   "hidden": "-".join(map(str, self.config.hidden))})
-        self.logger.final(hp, {k: metrics[k] for k in ("test_accuracy", "test_balanced_accuracy",
-                                                         "best_val_accuracy", "best_val_balanced_accuracy")})
+        hp.update(
+            {
+                "dataset": self.config.data.dataset,
+                "classes": ",".join(self.data.classes),
+                "hidden": "-".join(map(str, self.config.hidden)),
+            }
+        )
+        self.logger.final(
+            hp,
+            {
+                k: metrics[k]
+                for k in ("test_accuracy", "test_balanced_accuracy", "best_val_accuracy", "best_val_balanced_accuracy")
+            },
+        )
         _write_line(final_report(metrics, self.data.classes, self.run_dir))
         return metrics
 
@@ -317,8 +365,12 @@ class Trainer:
             "created": datetime.now().isoformat(timespec="seconds"),
             "device": str(self.device),
             "device_name": device_name(self.device),
-            "data": {"source": self.data.source, "classes": self.data.classes, "counts": self.data.counts(),
-                     "image_size": self.data.image_size},
+            "data": {
+                "source": self.data.source,
+                "classes": self.data.classes,
+                "counts": self.data.counts(),
+                "image_size": self.data.image_size,
+            },
             "versions": versions(),
         }
         (self.run_dir / "config.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -342,23 +394,30 @@ class Trainer:
         return metrics
 
     def save(self, name: str) -> None:
-        save_checkpoint(self.run_dir / "checkpoints" / name, {
-            "model_config": self.model.config(),
-            "model_state": self.model.state_dict(),
-            "classes": self.data.classes,
-            "image_size": self.data.image_size,
-            "standardizer": self.standardizer.state_dict(),
-            "config": self.config.to_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "epoch_progress": None if self.progress is None else self.progress.state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": {"data": self.generator.get_state(), "data_device": self.device.type, "torch": torch.get_rng_state()},
-            "best": dict(self.best),
-            "history": self.history,
-            "train_seconds": self.train_seconds,
-        })
+        save_checkpoint(
+            self.run_dir / "checkpoints" / name,
+            {
+                "model_config": self.model.config(),
+                "model_state": self.model.state_dict(),
+                "classes": self.data.classes,
+                "image_size": self.data.image_size,
+                "standardizer": self.standardizer.state_dict(),
+                "config": self.config.to_dict(),
+                "epoch": self.epoch,
+                "global_step": self.global_step,
+                "epoch_progress": None if self.progress is None else self.progress.state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": {
+                    "data": self.generator.get_state(),
+                    "data_device": self.device.type,
+                    "torch": torch.get_rng_state(),
+                },
+                "best": dict(self.best),
+                "history": self.history,
+                "train_seconds": self.train_seconds,
+            },
+        )
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model_state"])
@@ -370,18 +429,25 @@ class Trainer:
             self.generator.set_state(ckpt["rng"]["data"])
         else:  # a CPU generator's state means nothing to a CUDA one: continue, but not bit for bit
             self.generator.manual_seed(self.config.seed + ckpt["global_step"])
-            print(f"note: resuming on {self.device.type} a run saved on {ckpt['rng'].get('data_device')}: "
-                  "shuffling continues from a new seed, so the run will not match an uninterrupted one bit for bit",
-                  file=sys.stderr)
+            print(
+                f"note: resuming on {self.device.type} a run saved on {ckpt['rng'].get('data_device')}: "
+                "shuffling continues from a new seed, so the run will not match an uninterrupted one bit for bit",
+                file=sys.stderr,
+            )
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.global_step = ckpt["epoch"], ckpt["global_step"]
         self.best, self.history = dict(ckpt["best"]), list(ckpt["history"])
         self.train_seconds = ckpt["train_seconds"]
         progress = ckpt.get("epoch_progress")
         if progress is not None:
-            self.progress = EpochProgress(order=progress["order"].to(self.device), step=progress["step"],
-                                          loss_sum=progress["loss_sum"], correct=progress["correct"],
-                                          seen=progress["seen"], grad_norm_sums=list(progress["grad_norm_sums"]))
+            self.progress = EpochProgress(
+                order=progress["order"].to(self.device),
+                step=progress["step"],
+                loss_sum=progress["loss_sum"],
+                correct=progress["correct"],
+                seen=progress["seen"],
+                grad_norm_sums=list(progress["grad_norm_sums"]),
+            )
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
