@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ..cli import HelpFormatter
+from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         "--data-root", type=Path, default=None, help="where the data live now, if not where they were during training"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the metrics to PATH as JSON")
+    add_json_argument(parser, "the metrics")
     parser.set_defaults(func=run)
 
 
@@ -42,22 +42,19 @@ def run(args: argparse.Namespace) -> int:
             per_class,
             result.confusion_matrix,
             f"{args.split} split, {args.checkpoint}  (loss {result.loss:.4f})",
-        )
+        ),
+        file=report_stream(args.json),
     )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "split": args.split,
-                    "loss": result.loss,
-                    "accuracy": result.accuracy,
-                    "balanced_accuracy": result.balanced_accuracy,
-                    "per_class_accuracy": per_class,
-                    "confusion_matrix": result.confusion_matrix,
-                    "classes": classes,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_json(
+        args.json,
+        {
+            "split": args.split,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            "balanced_accuracy": result.balanced_accuracy,
+            "per_class_accuracy": per_class,
+            "confusion_matrix": result.confusion_matrix,
+            "classes": classes,
+        },
+    )
     return 0

@@ -92,6 +92,9 @@ def evaluate_checkpoint(
     bundle = load_data(opts)
     if bundle.classes != loaded.classes:
         raise CheckpointError(f"the data now hold classes {bundle.classes}, the checkpoint {loaded.classes}")
+    if len(bundle.splits()[split]) == 0:
+        why = f" (--val-fraction {opts.val_fraction:g} held out none)" if split == "val" else ""
+        raise UsageError(f"{path}: its {split} split has no images{why}; evaluate another --split")
     data = bundle.splits()[split].to(device)
     return evaluate(loaded.model, data.x, data.y, loaded.standardizer), loaded.classes
 
