@@ -53,6 +53,7 @@ def accumulate_grad(param: Tensor, grad: Tensor) -> None:
 
 # --------------------------------------------------------------------------- activations
 # h = f(a) and da = dh ⊙ f'(a), with f' written in terms of the output h; the cache is h.
+# Backward multiplies in place into the first tensor it creates itself, never into dh or h.
 
 
 def sigmoid_forward(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,7 +65,7 @@ def sigmoid_forward(a: Tensor) -> tuple[Tensor, Tensor]:
 def sigmoid_backward(dh: Tensor, cache: Tensor) -> Tensor:
     """σ'(a) = σ(a)(1 − σ(a)) = h (1 − h)."""
     h = cache  # N,H
-    return dh * h * (1 - h)  # N,H
+    return (1 - h).mul_(h).mul_(dh)  # da = (1 − h) ⊙ h ⊙ dh, N,H  (one new tensor, not three)
 
 
 def tanh_forward(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,7 +77,7 @@ def tanh_forward(a: Tensor) -> tuple[Tensor, Tensor]:
 def tanh_backward(dh: Tensor, cache: Tensor) -> Tensor:
     """tanh'(a) = 1 − tanh²(a) = 1 − h²."""
     h = cache  # N,H
-    return dh * (1 - h * h)  # N,H
+    return (1 - h * h).mul_(dh)  # da = (1 − h²) ⊙ dh, N,H
 
 
 def relu_forward(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,7 +89,7 @@ def relu_forward(a: Tensor) -> tuple[Tensor, Tensor]:
 def relu_backward(dh: Tensor, cache: Tensor) -> Tensor:
     """relu'(a) = 1[a > 0] = 1[h > 0]   (0 at the kink, as torch.relu)."""
     h = cache  # N,H
-    return dh * (h > 0)  # N,H
+    return dh * (h > 0)  # da = dh ⊙ 1[h > 0], N,H
 
 
 # --------------------------------------------------------------------------- losses
