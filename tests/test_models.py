@@ -186,7 +186,8 @@ def test_manual_cross_entropy_is_makemores_fused_gradient() -> None:
     before = logits.clone()
     loss, dlogits = manual.softmax_cross_entropy(logits, y)
     assert torch.equal(logits, before)
-    assert torch.equal(dlogits, (torch.softmax(logits, 1) - F.one_hot(y, 4).to(torch.float64)) / 9)  # (ŷ − y) / N
+    y_hat_minus_y = torch.softmax(logits, 1) - F.one_hot(y, 4).to(torch.float64)
+    torch.testing.assert_close(dlogits, y_hat_minus_y / 9, rtol=1e-15, atol=1e-17)  # (ŷ − y) / N
     leaf = logits.clone().requires_grad_()
     ref = F.cross_entropy(leaf, y)
     torch.testing.assert_close(loss, ref.detach(), rtol=1e-15, atol=0)

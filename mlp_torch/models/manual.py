@@ -104,9 +104,10 @@ def softmax_cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """
     n = logits.shape[0]
     rows = torch.arange(n, device=logits.device)  # N
-    loss = -torch.log_softmax(logits, dim=1)[rows, y].sum() / n  # log-sum-exp: stable at any scale
+    log_y_hat = torch.log_softmax(logits, dim=1)  # N,C  (log-sum-exp: stable at any scale)
+    loss = -log_y_hat[rows, y].mean()  # ℓ = −mean_n log ŷ_{n,y_n}
     # makemore's three lines: ŷ, minus 1 at the label, over N
-    dlogits = torch.softmax(logits, dim=1)  # ŷ, N,C
+    dlogits = log_y_hat.exp()  # ŷ = softmax(a), N,C
     dlogits[rows, y] -= 1  # ŷ − y
     dlogits /= n  # (ŷ − y) / N
     return loss, dlogits
