@@ -7,6 +7,7 @@ The split is cheap and is redone on every load, so it is not part of the cache k
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class DataBundle:
     cache_path: Path | None = None
     cache_hit: bool = False
     load_seconds: float = field(default=0.0, compare=False)
+    skipped: dict[str, int] = field(default_factory=dict)  # image folders: files passed over, by reason
 
     @property
     def num_classes(self) -> int:
@@ -130,20 +132,28 @@ def _load_cifar(opts: DataOptions, allow_download: bool):
         return _resize(train_x, opts.image_size), train_y, _resize(test_x, opts.image_size), test_y
 
     source = f"{' + '.join(specs[k].name for k in keys)} from {root}"
-    return classes, source, *_decode_cached(opts, "cifar", root, classes, fingerprint, decode)
+    return classes, source, *_decode_cached(opts, "cifar", root, classes, fingerprint, decode), {}
 
 
 def _load_folder(opts: DataOptions, allow_download: bool):
     root = opts.data_root
     classes = list(opts.classes) if opts.classes is not None else folder.folder_classes(root)
-    images = folder.list_images(root, classes)
-    fingerprint = folder.source_fingerprint(images)
+    listing = folder.list_images(root, classes)
+    note = listing.skipped_note()
+    if note:
+        print(f"note: image folder {root}: {note}", file=sys.stderr)
+    fingerprint = folder.source_fingerprint(listing.images)
     source = f"image folder {root}"
 
     def decode():
-        return folder.load_folder(images, opts.image_size)
+        return folder.load_folder(listing.images, opts.image_size)
 
-    return classes, source, *_decode_cached(opts, "folder", root, classes, fingerprint, decode)
+    return (
+        classes,
+        source,
+        *_decode_cached(opts, "folder", root, classes, fingerprint, decode),
+        listing.skipped_counts(),
+    )
 
 
 def _load_synthetic(opts: DataOptions, allow_download: bool):
@@ -153,7 +163,7 @@ def _load_synthetic(opts: DataOptions, allow_download: bool):
     tensors = synthetic.make_synthetic(
         len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.seed
     )
-    return classes, f"synthetic (seed {opts.seed})", tensors, None, False
+    return classes, f"synthetic (seed {opts.seed})", tensors, None, False, {}
 
 
 def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
@@ -166,7 +176,7 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
     """
     start = time.perf_counter()
     loader = {"cifar": _load_cifar, "folder": _load_folder, "synthetic": _load_synthetic}[opts.dataset]
-    classes, source, (train_x, train_y, test_x, test_y), cache_path, hit = loader(opts, allow_download)
+    classes, source, (train_x, train_y, test_x, test_y), cache_path, hit, skipped = loader(opts, allow_download)
     if len(train_y) == 0:
         raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
     train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.seed)
@@ -180,6 +190,7 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
         cache_path=cache_path,
         cache_hit=hit,
         load_seconds=time.perf_counter() - start,
+        skipped=skipped,
     )
 
 
