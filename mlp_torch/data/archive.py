@@ -185,9 +185,9 @@ def ensure_extracted(spec: ArchiveLike, root: Path, timeout: float = 10.0, allow
     if archive.is_file():
         actual = file_md5(archive)
         if actual != spec.md5:
+            again = " (it will be downloaded again)" if allow_download else ""
             raise DownloadError(
-                f"{archive} has md5 {actual}, expected {spec.md5}; delete it (it will be downloaded "
-                f"again) or {by_hand(spec, root)}"
+                f"{archive} has md5 {actual}, expected {spec.md5}; delete it{again} or {by_hand(spec, root)}"
             )
         extract(spec, archive, root)
         return folder
