@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="PATH",
-        help='also write {"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}}',
+        help='also write {"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}, '
+        '"skipped": {"not_images": n, "unreadable": n, "dangling_links": n}} (skipped: image folders only)',
     )
     parser.set_defaults(func=run)
 
@@ -45,11 +46,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"cache:      {bundle.cache_path} ({'reused' if bundle.cache_hit else 'written'})")
     print(f"loaded in:  {bundle.load_seconds:.2f} s")
+    if bundle.skipped:
+        skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in bundle.skipped.items() if n)
+        skipped = skipped or "nothing"
+        print(f"skipped:    {skipped}")
     print(f"{'class':<{width}}  {'train':>7} {'val':>7} {'test':>7}")
     for name in bundle.classes:
         print(f"{name:<{width}}  " + " ".join(f"{counts[s][name]:>7}" for s in ("train", "val", "test")))
     print(f"{'total':<{width}}  " + " ".join(f"{sum(counts[s].values()):>7}" for s in ("train", "val", "test")))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"classes": bundle.classes, "splits": counts}, indent=2) + "\n")
+        summary = {
+            "classes": bundle.classes,
+            "splits": counts,
+            **({"skipped": bundle.skipped} if bundle.skipped else {}),
+        }
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -113,7 +113,7 @@ class Trainer:
         self.config = config
         self.device = select_device(config.device)
         set_seed(config.seed)
-        self.data: DataBundle = load_data(config.data)
+        self.data: DataBundle = load_data(config.data, allow_download=resume is None)  # a resume never downloads
         self.standardizer = Standardizer.fit(self.data.train.x)
         self.model = build_model(
             kind=config.model,
