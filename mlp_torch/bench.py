@@ -117,7 +117,7 @@ def saved_bytes(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> int:
     if model.backend == "manual":
         with torch.no_grad():
             _, cache = model._manual_forward(x)
-        kept = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache}
+        kept = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors_in(cache)}
     else:
         kept = {}
 
@@ -129,6 +129,15 @@ def saved_bytes(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> int:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model.loss(x, y)
     return sum(nbytes for ptr, nbytes in kept.items() if ptr not in params)
+
+
+def _tensors_in(cache: object) -> list[torch.Tensor]:
+    """Every tensor in a manual path's cache (a tensor, or nested tuples and lists of them)."""
+    if isinstance(cache, torch.Tensor):
+        return [cache]
+    if isinstance(cache, (list, tuple)):
+        return [t for item in cache for t in _tensors_in(item)]
+    return []
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:

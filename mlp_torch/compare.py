@@ -3,7 +3,8 @@
 For one batch, every parameter's gradient is computed with ``builtin``, ``custom`` and ``manual``;
 ``custom`` and ``manual`` are each compared with ``builtin``. In float64 the ``builtin`` gradient is
 also compared with centred finite differences on a random sample of entries, as CS231n's
-``grad_check_sparse`` does, using the fourth-order centred stencil (step h = 1e-3):
+``grad_check_sparse`` does, using the fourth-order centred stencil of
+:mod:`mlp_torch.finite_difference` (step h = 1e-3):
 
     ∂ℓ/∂θ_k ≈ (−ℓ(θ + 2h e_k) + 8 ℓ(θ + h e_k) − 8 ℓ(θ − h e_k) + ℓ(θ − 2h e_k)) / 12h
 
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .finite_difference import FOUR_POINT, quotient, values_along
 from .models import BACKENDS, Classifier
 
 PAIRS: tuple[str, ...] = ("custom-vs-builtin", "manual-vs-builtin", "finite-difference")
@@ -153,26 +155,23 @@ def finite_difference_gradients(
     """
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, tuple[Tensor, Tensor, int]] = {}
+
+    def loss_and_kinks() -> tuple[Tensor, Tensor | None]:
+        loss = model.loss(x, target, class_weight, backend="builtin").double()
+        return loss, model.kink_pattern(x)
+
     with torch.no_grad():
         for name, p in model.named_parameters():
-            flat = p.view(-1)
-            picks = torch.randperm(flat.numel(), generator=generator)[:samples].tolist()
+            picks = torch.randperm(p.numel(), generator=generator)[:samples].tolist()
             kept, quotients, skipped = [], [], 0
             for k in picks:
-                original = flat[k].item()
-                losses, patterns = [], []
-                for offset in (2 * step, step, -step, -2 * step):
-                    flat[k] = original + offset
-                    losses.append(model.loss(x, target, class_weight, backend="builtin").item())
-                    patterns.append(model.kink_pattern(x))
-                flat[k] = original
+                losses, patterns = zip(*values_along(loss_and_kinks, p, k, step, FOUR_POINT))
                 first = patterns[0]
                 if first is not None and not all(q is not None and torch.equal(first, q) for q in patterns[1:]):
-                    skipped += 1
+                    skipped += 1  # ±h crossed a kink: the quotient would measure the jump
                     continue
-                l2, l1, m1, m2 = losses
                 kept.append(k)
-                quotients.append((-l2 + 8 * l1 - 8 * m1 + m2) / (12 * step))
+                quotients.append(quotient(losses, step, FOUR_POINT).item())
             out[name] = (
                 torch.tensor(kept, dtype=torch.long),
                 torch.tensor(quotients, dtype=p.dtype),

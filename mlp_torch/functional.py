@@ -6,12 +6,17 @@ is the formula from the slides, written above it. The public names are plain fun
     a = linear(x, W, b)                      # a = W x + b, batched as a = x Wᵀ + b
     h = sigmoid(a) | tanh(a) | relu(a)       # activations
     f = step(a)                              # Rosenblatt's perceptron output
-    ℓ = softmax_cross_entropy(a, y)          # ŷ = softmax(a), ℓ = −log ŷ_label
+    ℓ = softmax_cross_entropy(a, y)          # ŷ = softmax(a), ℓ = −log ŷ_y
 
 Conventions:
 
+* Names: ``a`` is always a linear map's output, the pre-activation ``a = W x + b`` (the
+  softmax slides' ``a``, whose gradient is ``dℓ/da = ŷ − y``), and ``h = f(a)`` an activation's
+  output, in every layer. The MLP slides write the activation itself as ``a₁ = σ(W₁x + b₁)``,
+  and the forward-pass slide ``zᵢ = Σⱼ w₁ᵢⱼ xⱼ + b₁``, ``aᵢ = σ(zᵢ)``: their ``z`` is our ``a``
+  and their ``a`` our ``h``. Gradients are ``d<name>``: ``da = dℓ/da``, ``dh = dℓ/dh``.
 * Shapes: ``x`` is ``(N, in)``, ``W`` is ``(out, in)`` as in the lecture (``a_i = Σ_j w_ij x_j + b_i``),
-  logits are ``(N, C)``. Shape comments use these letters.
+  logits are ``(N, C)``; a hidden layer's ``a`` and ``h`` are ``(N, H)``. Shape comments use these letters.
 * ``backward`` is written with differentiable tensor ops, so double backward
   (``gradgradcheck``, Hessian-vector products) works for linear, sigmoid, tanh, relu and
   softmax-cross-entropy.
@@ -79,9 +84,9 @@ class LinearFunction(torch.autograd.Function):
 
 
 class _ActivationFunction(torch.autograd.Function):
-    """An elementwise activation ``h = f(z)`` whose derivative is a function of its output.
+    """An elementwise activation ``h = f(a)`` whose derivative is a function of its output.
 
-    σ' = σ(1 − σ), tanh' = 1 − tanh², relu' = 1[h > 0]: saving ``h`` rather than ``z`` is all
+    σ' = σ(1 − σ), tanh' = 1 − tanh², relu' = 1[h > 0]: saving ``h`` rather than ``a`` is all
     backward needs, and costs nothing extra because the next layer keeps ``h`` as its input.
     Subclasses define ``forward`` and ``backward``.
     """
@@ -94,125 +99,151 @@ class _ActivationFunction(torch.autograd.Function):
 
 
 class SigmoidFunction(_ActivationFunction):
-    """``σ(z) = 1 / (1 + e^{−z})``, computed without overflow for any finite ``z``."""
+    """``σ(a) = 1 / (1 + e^{−a})``, computed without overflow for any finite ``a``."""
 
     @staticmethod
-    def forward(z: Tensor) -> Tensor:
-        # exp of a non-positive number never overflows, and one formula covers both signs:
-        #   σ(z) = e^{min(z, 0)} / (1 + e^{−|z|})
-        #   z ≥ 0: 1 / (1 + e^{−z})      z < 0: e^{z} / (1 + e^{z})
-        # Each op after the first two writes into a tensor made here: on the CPU a fresh N,H
-        # tensor costs more than the arithmetic (its pages are first touched), so two, not nine.
-        # (torch.sigmoid is one pass, but it returns 0 below z ≈ −88.7, where e^{z} is still a
-        # float32 subnormal; the extreme-input test holds us to that.)
-        numerator = z.clamp_max(0.0).exp_()  # e^{min(z, 0)} ∈ (0, 1], N,H
-        denominator = z.abs().neg_().exp_().add_(1.0)  # 1 + e^{−|z|} ∈ (1, 2], N,H
-        return numerator.div_(denominator)
+    def forward(a: Tensor) -> Tensor:
+        # One formula for both signs, in which e is only raised to non-positive powers:
+        #   σ(a) = e^{min(a, 0)} / (1 + e^{−|a|})
+        #   a ≥ 0: 1 / (1 + e^{−a})          a < 0: e^{a} / (1 + e^{a})
+        # so nothing overflows, and σ(a) ≈ e^{a} keeps its value down to the smallest float32
+        # subnormal (σ(−100) = 3.8e-44, where torch.sigmoid returns 0).
+        numerator = a.clamp_max(0.0).exp_()  # e^{min(a, 0)} ∈ (0, 1], N,H
+        denominator = a.abs().neg_().exp_().add_(1.0)  # 1 + e^{−|a|} ∈ (1, 2], N,H
+        return numerator.div_(denominator)  # N,H
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
-        # σ'(z) = σ(z)(1 − σ(z))          → dz = dh ⊙ h ⊙ (1 − h)
-        dh_h = dh * h  # N,H
-        return torch.addcmul(dh_h, dh_h, h, value=-1.0)  # dh h − dh h h, one temporary fewer
+        # σ'(a) = σ(a)(1 − σ(a)) = h (1 − h)          → da = dh ⊙ h ⊙ (1 − h)
+        return dh * h * (1 - h)  # N,H
 
 
 class TanhFunction(_ActivationFunction):
-    """``tanh(z)``; PyTorch's kernel is already stable (it saturates to ±1, never NaN)."""
+    """``tanh(a)``; PyTorch's kernel is already stable (it saturates to ±1, never NaN)."""
 
     @staticmethod
-    def forward(z: Tensor) -> Tensor:
-        return torch.tanh(z)
+    def forward(a: Tensor) -> Tensor:
+        return torch.tanh(a)  # N,H
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
-        # tanh'(z) = 1 − tanh²(z)          → dz = dh ⊙ (1 − h²)
-        return torch.addcmul(dh, dh * h, h, value=-1.0)  # dh − dh h h
+        # tanh'(a) = 1 − tanh²(a) = 1 − h²            → da = dh ⊙ (1 − h²)
+        return dh * (1 - h * h)  # N,H
 
 
 class ReLUFunction(_ActivationFunction):
-    """``relu(z) = max(0, z)``; ``h > 0`` exactly where ``z > 0``, so the output serves backward."""
+    """``relu(a) = max(0, a)``; ``h > 0`` exactly where ``a > 0``, so the output serves backward."""
 
     @staticmethod
-    def forward(z: Tensor) -> Tensor:
-        return torch.clamp_min(z, 0)
+    def forward(a: Tensor) -> Tensor:
+        return torch.clamp_min(a, 0)  # N,H
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
-        # relu'(z) = 1[z > 0]  (0 at the kink z = 0, as PyTorch does)   → dz = dh ⊙ 1[z > 0]
-        return torch.where(h > 0, dh, 0.0)
+        # relu'(a) = 1[a > 0] = 1[h > 0]  (0 at the kink a = 0, as PyTorch)   → da = dh ⊙ 1[h > 0]
+        return dh * (h > 0)  # N,H
 
 
 class StepFunction(torch.autograd.Function):
-    """The perceptron's Heaviside step ``f(z) = 1 if z > 0 else 0``."""
+    """The perceptron's Heaviside step ``f(a) = 1 if a > 0 else 0``."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z: Tensor) -> Tensor:
-        return (z > 0).to(z.dtype)
+    def forward(a: Tensor) -> Tensor:
+        return (a > 0).to(a.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
-        pass  # nothing to save: the derivative does not depend on z
+        pass  # nothing to save: the derivative does not depend on a
 
     @staticmethod
     def backward(ctx: Any, df: Tensor) -> Tensor:
-        # f'(z) = 0 for every z ≠ 0 (undefined at 0)   → dz = 0
+        # f'(a) = 0 for every a ≠ 0 (undefined at 0)   → da = 0
         return torch.zeros_like(df)
 
 
 # --------------------------------------------------------------------------------------------
-# Softmax + cross-entropy, fused
+# Softmax + cross-entropy, fused: the lecture's case, then weights and soft targets
 # --------------------------------------------------------------------------------------------
 
 
 class SoftmaxCrossEntropyFunction(torch.autograd.Function):
-    """Per-sample ``ℓ_n = −Σ_c w_c y_nc log softmax(a_n)_c`` (``w = 1`` without class weights).
+    """The lecture's loss for class labels ``y``: ``ŷ = softmax(a)``, ``ℓ_n = −log ŷ_{n,y_n}``.
 
-    ``target`` is either unweighted class indices ``(N,)``, saved as they are (one int a row, as
-    ``nll_loss`` keeps them, not a dense row of C floats), or dense rows ``(N, C)`` (one-hot or
-    probabilities) already multiplied by the class weights; the public wrapper picks.
+    ``target`` holds one class index a row (int64), saved as it is: one int a row, not a dense
+    row of C floats. ``reduction`` is ``"mean"`` (``ℓ = Σ_n ℓ_n / N``), ``"sum"`` or ``"none"``.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits: Tensor, target: Tensor) -> Tensor:
-        wy = _dense_rows(target, logits)  # N,C
-        return -(wy * _log_softmax(logits)).sum(1)  # ℓ_n = −Σ_c w_c y_nc log ŷ_nc, N
+    def forward(logits: Tensor, target: Tensor, reduction: str) -> Tensor:
+        log_y_hat = _log_softmax(logits)  # log ŷ, N,C
+        losses = -log_y_hat.gather(1, target[:, None])[:, 0]  # ℓ_n = −log ŷ_{n,y_n}, N
+        return _reduce(losses, reduction, logits.shape[0])
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
-        logits, target = inputs
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, str], output: Tensor) -> None:
+        logits, target, reduction = inputs
         # ŷ is recomputed from the logits in backward (C is small): saving inputs, not an
         # intermediate, is what keeps double backward correct.
         ctx.save_for_backward(logits, target)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx: Any, dloss: Tensor) -> tuple[Tensor, None, None]:
+        logits, target = ctx.saved_tensors
+        n, num_classes = logits.shape
+        y_hat = torch.softmax(logits, dim=1)  # ŷ = softmax(a), N,C (shifted by the row max, as below)
+        y = _one_hot(target, num_classes, logits.dtype)  # y = [0 … 1 … 0], N,C
+        # dℓ_n/da_n = ŷ_n − y_n
+        if ctx.reduction == "none":
+            return (y_hat - y) * dloss[:, None], None, None  # N,C
+        # dℓ/da = (ŷ − y) / N for the mean, ŷ − y for the sum
+        da = (y_hat - y) / n if ctx.reduction == "mean" else y_hat - y  # N,C
+        return da * dloss, None, None  # N,C
+
+
+class WeightedSoftTargetCrossEntropyFunction(torch.autograd.Function):
+    """The general case: ``ℓ_n = −Σ_c t_nc log ŷ_nc`` for target rows ``t`` of shape ``(N, C)``.
+
+    ``t`` is a probability (or one-hot) row already multiplied by the class weights, ``w ⊙ y``;
+    weighted class labels arrive here as weighted one-hot rows. Returns the ``(N,)`` losses; the
+    public wrapper reduces them (the mean of weighted labels divides by ``Σ_n w_{y_n}``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits: Tensor, t: Tensor) -> Tensor:
+        return -(t * _log_softmax(logits)).sum(1)  # ℓ_n = −Σ_c t_nc log ŷ_nc, N
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)  # logits and t: ŷ is recomputed, as above
 
     @staticmethod
     def backward(ctx: Any, dloss: Tensor) -> tuple[Tensor, Tensor | None]:
-        logits, target = ctx.saved_tensors
-        wy = _dense_rows(target, logits)  # N,C
-        # one kernel for ŷ; it shifts by the row max as _log_softmax does, so it is as stable
-        probs = torch.softmax(logits, dim=1)  # ŷ = softmax(a), N,C
-        # dℓ/da_i = ŷ_i − y_i  (with weights and soft targets: ŷ_i Σ_c w_c y_c − w_i y_i)
-        dlogits = dloss[:, None] * (probs * wy.sum(1, keepdim=True) - wy)  # N,C
-        dwy = None
+        logits, t = ctx.saved_tensors
+        y_hat = torch.softmax(logits, dim=1)  # ŷ, N,C
+        # dℓ_n/da_n = ŷ_n Σ_c t_nc − t_n   (= ŷ_n − t_n for an unweighted probability row)
+        dlogits = dloss[:, None] * (y_hat * t.sum(1, keepdim=True) - t)  # N,C
+        dt = None
         if ctx.needs_input_grad[1]:
-            # dℓ/dy_c = −log ŷ_c
-            dwy = -dloss[:, None] * _log_softmax(logits)
-        return dlogits, dwy
+            # dℓ_n/dt_nc = −log ŷ_nc
+            dt = -dloss[:, None] * _log_softmax(logits)  # N,C
+        return dlogits, dt
 
 
-def _dense_rows(target: Tensor, logits: Tensor) -> Tensor:
-    """``target`` as ``(N, C)`` rows of ``logits``' dtype: class indices become one-hot rows."""
-    if target.dim() == 2:
-        return target
-    # one-hot without F.one_hot, which reads the values and so fails under vmap
-    classes = torch.arange(logits.shape[1], device=logits.device)  # C
-    return (target[:, None] == classes).to(logits.dtype)  # N,C
+def _one_hot(target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """Class indices ``(N,)`` as one-hot rows ``(N, C)`` of ``dtype``."""
+    # compared with arange rather than F.one_hot, which reads the values and so fails under vmap
+    classes = torch.arange(num_classes, device=target.device)  # C
+    return (target[:, None] == classes).to(dtype)  # N,C
 
 
 def _shift_by_row_max(logits: Tensor) -> Tensor:
@@ -232,6 +263,15 @@ def _log_softmax(logits: Tensor) -> Tensor:
     """
     shifted = _shift_by_row_max(logits)  # N,C
     return shifted - torch.log(torch.exp(shifted).sum(1, keepdim=True))  # N,C
+
+
+def _reduce(losses: Tensor, reduction: str, divisor: Tensor | int) -> Tensor:
+    """``"none"``: the ``(N,)`` losses; ``"sum"``: Σ_n ℓ_n; ``"mean"``: Σ_n ℓ_n / divisor."""
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return losses.sum()
+    return losses.sum() / divisor  # 0/0 = nan for an empty batch, as PyTorch
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,30 +306,30 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return LinearFunction.apply(x, weight, bias)
 
 
-def sigmoid(x: Tensor) -> Tensor:
-    """Logistic sigmoid ``σ(x) = 1 / (1 + e^{−x})``; finite and exact at ±400 in float32."""
-    return SigmoidFunction.apply(x)
+def sigmoid(a: Tensor) -> Tensor:
+    """Logistic sigmoid ``σ(a) = 1 / (1 + e^{−a})``; finite and exact at ±400 in float32."""
+    return SigmoidFunction.apply(a)
 
 
-def tanh(x: Tensor) -> Tensor:
+def tanh(a: Tensor) -> Tensor:
     """Hyperbolic tangent; backward ``1 − tanh²`` from the saved output."""
-    return TanhFunction.apply(x)
+    return TanhFunction.apply(a)
 
 
-def relu(x: Tensor) -> Tensor:
-    """Rectified linear unit ``max(0, x)``; backward ``1[x > 0]`` (zero at the kink, as PyTorch)."""
-    return ReLUFunction.apply(x)
+def relu(a: Tensor) -> Tensor:
+    """Rectified linear unit ``max(0, a)``; backward ``1[a > 0]`` (zero at the kink, as PyTorch)."""
+    return ReLUFunction.apply(a)
 
 
-def step(x: Tensor) -> Tensor:
-    """Rosenblatt's Heaviside step ``f(x) = 1 if x > 0 else 0``, in ``x``'s dtype.
+def step(a: Tensor) -> Tensor:
+    """Rosenblatt's Heaviside step ``f(a) = 1 if a > 0 else 0``, in ``a``'s dtype.
 
-    Backward returns zeros: the step's derivative is 0 everywhere except at ``x = 0``, where
+    Backward returns zeros: the step's derivative is 0 everywhere except at ``a = 0``, where
     it does not exist. That is the true gradient, and it is why a perceptron cannot be trained
     by back-propagating through its step: it learns with the perceptron rule instead
     (``w ← w + η (y − f(x)) x``), and MLPs replace the step by sigmoid, tanh or ReLU.
     """
-    return StepFunction.apply(x)
+    return StepFunction.apply(a)
 
 
 def softmax_cross_entropy(
@@ -298,7 +338,9 @@ def softmax_cross_entropy(
     """Cross-entropy of ``ŷ = softmax(logits)`` against ``target``: ``ℓ = −log ŷ_label``.
 
     Matches ``F.cross_entropy`` (without label smoothing), including its class-weight semantics.
-    Backward is the lecture's fused gradient ``dℓ/da = ŷ − y`` (÷N for ``"mean"``).
+    Class labels without weights take the lecture's Function, whose backward is the fused
+    gradient ``dℓ/da = ŷ − y`` (÷N for ``"mean"``); class weights and probability targets take
+    ``WeightedSoftTargetCrossEntropyFunction``.
 
     Args:
         logits: ``(N, C)`` floating point scores ``a``.
@@ -315,18 +357,25 @@ def softmax_cross_entropy(
         ValueError: logits not 2-D, wrong target shape, target out of range, unknown reduction.
         TypeError: integer logits, or a target dtype that is neither integer nor ``logits``' dtype.
     """
-    function_target, divisor = _function_target(logits, target, reduction, weight)
-    losses = SoftmaxCrossEntropyFunction.apply(logits, function_target)  # N
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return losses.sum() / divisor
+    _check_logits(logits, reduction, weight)
+    n, num_classes = logits.shape
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits are on {logits.device}; move both to one device")
+    if target.dim() == 1:
+        _check_class_indices(target, n, num_classes)
+        if weight is None:
+            return SoftmaxCrossEntropyFunction.apply(logits, target.long(), reduction)  # the lecture's case
+        t = _one_hot(target, num_classes, logits.dtype) * weight  # w ⊙ y, N,C
+        return _reduce(WeightedSoftTargetCrossEntropyFunction.apply(logits, t), reduction, t.sum())
+    if target.dim() == 2:
+        _check_probability_rows(target, logits)
+        t = target if weight is None else target * weight  # w ⊙ t, N,C
+        return _reduce(WeightedSoftTargetCrossEntropyFunction.apply(logits, t), reduction, n)
+    raise ValueError(f"target must be class indices (N,) or probability rows (N, C); got shape {tuple(target.shape)}")
 
 
 # --------------------------------------------------------------------------------------------
-# Validation (static checks only: shapes, dtypes, devices; nothing that reads tensor values
-# under torch.func transforms or torch.compile, where data-dependent Python control flow fails)
+# Validation: shapes, dtypes and devices; the targets' range is read from their values
 # --------------------------------------------------------------------------------------------
 
 
@@ -337,30 +386,14 @@ def _check_same(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
         raise TypeError(f"{name_a} is {a.dtype} but {name_b} is {b.dtype}; convert both to one dtype")
 
 
-def _values_are_readable(t: Tensor) -> bool:
-    """True when Python may look at ``t``'s values (eager mode, a plain tensor)."""
-    if torch.compiler.is_compiling():
-        return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(t)
-
-
-def _function_target(
-    logits: Tensor, target: Tensor, reduction: str, weight: Tensor | None
-) -> tuple[Tensor, Tensor | float]:
-    """Validate the inputs; return the Function's target and the divisor for ``"mean"``.
-
-    The target is the class indices themselves when there are no weights, else ``w ⊙ y`` as
-    ``(N, C)`` rows (autograd then carries the gradients of ``weight`` and soft targets).
-    """
+def _check_logits(logits: Tensor, reduction: str, weight: Tensor | None) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (N, C); got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be floating point; got {logits.dtype}")
-    n, num_classes = logits.shape
-    if target.device != logits.device:
-        raise ValueError(f"target is on {target.device} but logits are on {logits.device}; move both to one device")
+    num_classes = logits.shape[1]
     if weight is not None:
         if tuple(weight.shape) != (num_classes,):
             raise ValueError(
@@ -368,29 +401,30 @@ def _function_target(
             )
         _check_same(logits, weight, "logits", "weight")
 
-    if target.dim() == 1:  # class indices
-        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise TypeError(f"class-index targets must be an integer tensor; got {target.dtype}")
-        if target.shape[0] != n:
-            raise ValueError(f"target has {target.shape[0]} labels but logits have {n} rows")
-        if _values_are_readable(target) and n > 0:
-            low, high = torch.stack(torch.aminmax(target)).tolist()  # one device read, not two
-            bad = high if high >= num_classes else low
-            if low < 0 or high >= num_classes:
-                raise ValueError(f"target {bad} out of range for {num_classes} classes (valid: 0..{num_classes - 1})")
-        if weight is None:
-            return target, float(n) if n else torch.nan
-        wy = _dense_rows(target, logits) * weight  # N,C
-        return wy, wy.sum()
 
-    if target.dim() == 2:  # one-hot or probability rows
-        if tuple(target.shape) != tuple(logits.shape):
-            raise ValueError(
-                f"probability targets must have the logits' shape {tuple(logits.shape)}; got {tuple(target.shape)}"
-            )
-        if target.dtype != logits.dtype:
-            raise TypeError(f"probability targets must have the logits' dtype {logits.dtype}; got {target.dtype}")
-        wy = target if weight is None else target * weight
-        return wy, float(n) if n else torch.nan
+def _check_class_indices(target: Tensor, n: int, num_classes: int) -> None:
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"class-index targets must be an integer tensor; got {target.dtype}")
+    if target.shape[0] != n:
+        raise ValueError(f"target has {target.shape[0]} labels but logits have {n} rows")
+    # Reading values is data-dependent Python, which torch.compile cannot trace: skip it there.
+    # Under torch.func transforms (vmap, grad) the target may be a wrapper without storage of its
+    # own; debug_unwrap gives the tensor underneath (every vmapped sample), only to read it here.
+    if torch.compiler.is_compiling() or n == 0:
+        return
+    values = torch.func.debug_unwrap(target)
+    if values.device.type == "meta":
+        return  # no values to read
+    low, high = torch.stack(torch.aminmax(values)).tolist()  # one device read, not two
+    if low < 0 or high >= num_classes:
+        bad = high if high >= num_classes else low
+        raise ValueError(f"target {bad} out of range for {num_classes} classes (valid: 0..{num_classes - 1})")
 
-    raise ValueError(f"target must be class indices (N,) or probability rows (N, C); got shape {tuple(target.shape)}")
+
+def _check_probability_rows(target: Tensor, logits: Tensor) -> None:
+    if tuple(target.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"probability targets must have the logits' shape {tuple(logits.shape)}; got {tuple(target.shape)}"
+        )
+    if target.dtype != logits.dtype:
+        raise TypeError(f"probability targets must have the logits' dtype {logits.dtype}; got {target.dtype}")

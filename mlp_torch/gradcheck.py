@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as mf
+from .finite_difference import TWO_POINT, derivative
 
 Fn = Callable[..., Tensor]
 
@@ -97,15 +98,14 @@ CASES: tuple[OpCase, ...] = (
 
 def _numeric_jacobian(fn: Callable[..., Tensor], inputs: Sequence[Tensor], wrt: Sequence[int]) -> list[Tensor]:
     """Central differences ``(f(x + ε) − f(x − ε)) / 2ε`` for every entry of each input in ``wrt``."""
+    moved = [t.clone() for t in inputs]  # entries are moved and restored one at a time
     columns = []
     for i in wrt:
-        x = inputs[i]
-        jac = []
-        for k in range(x.numel()):
-            plus, minus = [t.clone() for t in inputs], [t.clone() for t in inputs]
-            plus[i].view(-1)[k] += FD_EPS
-            minus[i].view(-1)[k] -= FD_EPS
-            jac.append(((fn(*plus) - fn(*minus)) / (2 * FD_EPS)).reshape(-1))
+
+        def f() -> Tensor:
+            return fn(*moved).reshape(-1)
+
+        jac = [derivative(f, moved[i], k, FD_EPS, TWO_POINT) for k in range(moved[i].numel())]
         columns.append(torch.stack(jac, dim=1))  # out, numel(x)
     return columns
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import os
 import pickle
 import tarfile
 import threading
@@ -37,14 +38,14 @@ def _entry(rng: np.random.Generator, labels: np.ndarray, labels_key: str) -> dic
     }
 
 
-def _add(tar: tarfile.TarFile, name: str, obj: dict) -> None:
+def _add(tar: tarfile.TarFile, name: str, obj: object) -> None:
     payload = pickle.dumps(obj, protocol=2)
     info = tarfile.TarInfo(name)
     info.size = len(payload)
     tar.addfile(info, io.BytesIO(payload))
 
 
-def _targz(entries: dict[str, dict]) -> bytes:
+def _targz(entries: dict[str, object]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, obj in entries.items():
@@ -112,6 +113,33 @@ def build_tiny_cifar(seed: int = 0) -> TinyCifar:
         },
     }
     return TinyCifar(_targz(entries10), _targz(entries100), entries10, entries100)
+
+
+class RunsCode:
+    """Unpickled by plain ``pickle.load``, this runs ``touch MARKER`` (the issue's reproduction)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+CIFAR10_MEMBERS = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+
+
+def evil_cifar10(marker: Path) -> bytes:
+    """A cifar-10-python.tar.gz whose every member is a pickle that runs code when loaded."""
+    return _targz({f"cifar-10-batches-py/{m}": RunsCode(marker) for m in CIFAR10_MEMBERS})
+
+
+def write_evil_folder(root: Path, marker: Path) -> Path:
+    """``root/cifar-10-batches-py/`` as if extracted from :func:`evil_cifar10`."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for m in CIFAR10_MEMBERS:
+        (folder / m).write_bytes(pickle.dumps(RunsCode(marker), protocol=2))
+    return folder
 
 
 @dataclass

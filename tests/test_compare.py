@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import torch
 
 from mlp_torch import cli
 from mlp_torch.compare import PAIRS, compare_gradients, errors
-from mlp_torch.models import MLP, manual, mlp
+from mlp_torch.models import MLP
+from mlp_torch.models.activations import ACTIVATION_TABLE
 
 
 def run_compare(tmp_path: Path, *flags: str) -> tuple[int, dict]:
@@ -61,7 +63,8 @@ def test_compare_with_class_weights(tmp_path: Path) -> None:
 
 def test_a_wrong_manual_gradient_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Forget σ'(a): da = dh instead of dh ⊙ h (1 − h).
-    monkeypatch.setattr(manual, "activation_backward", lambda name, h, dh: dh)
+    wrong = dataclasses.replace(ACTIVATION_TABLE["sigmoid"], backward=lambda dh, cache: dh)
+    monkeypatch.setitem(ACTIVATION_TABLE, "sigmoid", wrong)
     code, report = run_compare(tmp_path, "--model", "mlp", "--hidden", "16", "--image-size", "8")
     assert code == 1 and report["ok"] is False
     failed = {(row["param"], row["pair"]) for row in report["rows"] if not row["ok"]}
@@ -82,7 +85,7 @@ def test_a_wrong_custom_gradient_fails(tmp_path: Path, monkeypatch: pytest.Monke
             (h,) = ctx.saved_tensors
             return dh * (1 - h)  # should be 1 − h²
 
-    monkeypatch.setitem(mlp._CUSTOM_ACTIVATIONS, "tanh", WrongTanh.apply)
+    monkeypatch.setitem(ACTIVATION_TABLE, "tanh", dataclasses.replace(ACTIVATION_TABLE["tanh"], custom=WrongTanh.apply))
     code, report = run_compare(
         tmp_path, "--model", "mlp", "--hidden", "16", "--activation", "tanh", "--image-size", "8"
     )

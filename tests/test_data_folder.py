@@ -4,6 +4,11 @@ and (when ../shared/data is there) the real CIFAR-10 JPEG copy."""
 from __future__ import annotations
 
 import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +151,134 @@ def test_real_cifar10_jpeg_cat_dog(tmp_path):
         assert counts["test"][name] == 1000
     assert bundle.train.x.shape[1:] == (3, 32, 32)
     assert load_data(options).cache_hit
+
+
+# ---------------------------------------------------------------- off the happy path
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    from mlp_torch.data.folder import read_image
+
+    grey = np.full((6, 6), 32768, dtype=np.uint16)  # mid-grey in 16 bits
+    grey[0, 0], grey[0, 1] = 0, 65535
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    pixels = read_image(tmp_path / "grey16.png", 6)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 6, 6)
+    assert pixels[:, 0, 0].tolist() == [0] * 3 and pixels[:, 0, 1].tolist() == [255] * 3
+    assert pixels[:, 3, 3].tolist() == [128] * 3  # 32768 / 257 = 127.5: mid-grey, not white
+
+
+@pytest.mark.parametrize("side", [70, 100], ids=["over the warning limit", "over the error limit"])
+def test_a_decompression_bomb_is_one_line(folder, tmp_path, monkeypatch, capsys, side):
+    from PIL import Image as PILImage
+
+    from mlp_torch.cli import main
+
+    root, _ = folder
+    write_image(root / "train" / "moose" / "bomb.png", (side, side), "RGB", 0)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 4000)  # the others have ≤ 3072; 70² warns, 100² > 2 x 4000 raises
+    assert main(["data", "--dataset", "folder", "--data-root", str(root), "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mlp-torch data: error: image ") and "bomb.png has more pixels than" in err[-1]
+    assert not any("Warning" in line for line in err)
+
+
+def test_a_symlink_loop_is_one_line(folder, tmp_path):
+    root, _ = folder
+    os.symlink("loop.jpg", root / "train" / "apple" / "loop.jpg")
+    with pytest.raises(DataError, match=r"loop\.jpg is a symbolic-link loop"):
+        load_data(opts(root, tmp_path))
+    (root / "train" / "apple" / "loop.jpg").unlink()
+    shutil.rmtree(root / "test" / "zebra")
+    os.symlink("zebra", root / "test" / "zebra")  # a class folder that is a loop
+    with pytest.raises(DataError, match=r"class folder .*test/zebra is a symbolic link that leads nowhere"):
+        load_data(opts(root, tmp_path))
+
+
+def test_an_unreadable_class_folder_is_one_line(folder, tmp_path, monkeypatch):
+    root, _ = folder
+    blocked = root / "train" / "moose"
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path) == blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot read class folder .*train/moose \(Permission denied\)"):
+        load_data(opts(root, tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 folder anyway (the test above covers it)")
+def test_an_unreadable_class_folder_is_one_line_for_real(folder, tmp_path):
+    root, _ = folder
+    blocked = root / "train" / "moose"
+    blocked.chmod(0)
+    try:
+        with pytest.raises(DataError, match=r"cannot read class folder .*train/moose"):
+            load_data(opts(root, tmp_path))
+    finally:
+        blocked.chmod(0o755)
+
+
+def test_dangling_links_unreadable_and_non_image_files_are_skipped_and_counted(folder, tmp_path, monkeypatch, capsys):
+    import json
+
+    from mlp_torch.cli import main
+
+    root, _ = folder
+    os.symlink(tmp_path / "gone.png", root / "train" / "apple" / "gone.png")
+    os.symlink(tmp_path / "gone.jpg", root / "test" / "zebra" / "gone.jpg")
+    secret = root / "train" / "zebra" / "secret.png"
+    write_image(secret, (8, 8), "RGB", 7)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != secret and real_access(path, mode))
+    bundle = load_data(opts(root, tmp_path))
+    assert bundle.counts()["train"] == {"apple": 3, "moose": 3, "zebra": 3}  # none of them among the images
+    assert bundle.skipped == {"not_images": 6, "unreadable": 1, "dangling_links": 2}  # notes.txt x 6
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"note: image folder {root}: skipped 9 file(s): 6 not images, 1 unreadable, 2 dangling links" in err
+    out = tmp_path / "data.json"
+    argv = ["data", "--dataset", "folder", "--data-root", str(root), "--cache-dir", str(tmp_path / "c")]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert "skipped:    6 not images, 1 unreadable, 2 dangling links" in capsys.readouterr().out
+    assert json.loads(out.read_text())["skipped"] == {"not_images": 6, "unreadable": 1, "dangling_links": 2}
+
+
+def test_class_names_too_long_for_a_file_name_get_a_short_cache_file(tmp_path):
+    root = tmp_path / "photos"
+    names = [c * 200 for c in "abcd"]  # each folder name fits; joined they would not
+    for split in ("train", "test"):
+        for i, name in enumerate(names):
+            for j in range(2):
+                write_image(root / split / name / f"{j}.png", (8, 8), "RGB", 10 * i + j)
+    first = load_data(opts(root, tmp_path))
+    assert first.classes == names and first.cache_path is not None and first.cache_path.is_file()
+    assert len(first.cache_path.name) < 64 and first.cache_path.name.startswith("folder-4classes-32px-")
+    assert load_data(opts(root, tmp_path)).cache_hit
+
+
+def test_a_full_disk_while_writing_the_cache_warns_and_goes_on(folder, tmp_path):
+    """torch.save reports a file-size limit (or a full disk) as RuntimeError, not OSError."""
+    root, _ = folder
+    cache = tmp_path / "cache"
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # the cache needs ~46 KB
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlp_torch", "data", "--dataset", "folder", "--data-root", str(root)]
+        + ["--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit_file_size,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "could not write the data cache" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cache:      none" in proc.stdout and "total" in proc.stdout
+    assert list(cache.iterdir()) == []  # no cache, no half-written temporary file

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,6 +147,27 @@ def test_lecture_gradient_formula(device):
     y = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device)
     torch.testing.assert_close(db, y_hat - y, rtol=1e-14, atol=1e-15)
     torch.testing.assert_close(dW, torch.outer(y_hat - y, x[0]), rtol=1e-14, atol=1e-15)
+
+
+def test_index_target_backward_is_y_hat_minus_y_over_n(device):
+    """The lecture's case has its own Function, whose backward is literally (softmax(a) − onehot(y)) / N."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(7, 4, dtype=torch.float64, device=device)).requires_grad_()
+    target = torch.randint(0, 4, (7,), device=device)
+    loss = mf.softmax_cross_entropy(logits, target)
+    assert type(loss.grad_fn).__name__ == "SoftmaxCrossEntropyFunctionBackward"
+    (da,) = torch.autograd.grad(loss, logits)
+    y_hat, y = torch.softmax(logits.detach(), 1), F.one_hot(target, 4).to(torch.float64)
+    assert torch.equal(da, (y_hat - y) / 7)
+    (da_sum,) = torch.autograd.grad(mf.softmax_cross_entropy(logits, target, "sum"), logits)
+    assert torch.equal(da_sum, y_hat - y)
+    # class weights and probability targets take the general Function instead
+    weighted = mf.softmax_cross_entropy(
+        logits, target, "none", weight=torch.ones(4, dtype=torch.float64, device=device)
+    )
+    soft = mf.softmax_cross_entropy(logits, y, "none")
+    for losses in (weighted, soft):
+        assert type(losses.grad_fn).__name__ == "WeightedSoftTargetCrossEntropyFunctionBackward"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +345,24 @@ def test_vmap_grad_per_sample_gradients(device):
     ref = torch.func.vmap(torch.func.grad(ref_loss), in_dims=(None, 0, 0))(params, x, y)
     for name in params:
         torch.testing.assert_close(per_sample[name], ref[name], rtol=1e-12, atol=1e-14)
+
+
+def test_target_range_is_checked_under_vmap():
+    """The range check reads the targets under torch.func transforms too (through public API)."""
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 3, 2])
+
+    def loss(a, t):
+        return mf.softmax_cross_entropy(a[None], t[None])
+
+    with pytest.raises(ValueError, match="target 3 out of range for 3 classes"):
+        torch.func.vmap(loss)(logits, target)
+    with pytest.raises(ValueError, match="target 3 out of range for 3 classes"):
+        torch.func.vmap(torch.func.grad(loss))(logits, target)
+
+
+def test_ops_use_no_private_torch_api():
+    source = inspect.getsource(mf)
+    assert not re.search(r"torch\._|\b_C\b", source), re.findall(r"torch\._\w+(?:\.\w+)*", source)
 
 
 @pytest.mark.slow

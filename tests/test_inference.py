@@ -174,3 +174,114 @@ def test_predict_bad_input_is_a_one_line_error(run, tmp_path, capsys):
     not_an_image.write_text("hello")
     assert main(["predict", str(run_dir), str(not_an_image), "--device", "cpu"]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a checkpoint is checked before anything is built
+
+
+def doctor(ckpt: dict, case: str) -> dict:
+    """``ckpt`` (the 3-class, 8 px, 192-16-3 MLP of ``run``) with one thing made untrue."""
+    cfg, state = ckpt["model_config"], ckpt["model_state"]
+    if case == "huge hidden layer":
+        cfg["hidden"] = [10**12]
+    elif case == "image size":
+        ckpt["image_size"] = 16
+    elif case == "in_features and image size":
+        cfg["in_features"], ckpt["image_size"] = 768, 16
+    elif case == "standardiser length":
+        ckpt["standardizer"]["mean"] = torch.zeros(100)
+    elif case == "classes as a string":
+        ckpt["classes"] = "cat"
+    elif case == "too few class names":
+        ckpt["classes"] = ["cat", "dog"]
+    elif case == "kind":
+        cfg["kind"] = "transformer"
+    elif case == "activation":
+        cfg["activation"] = "gelu"
+    elif case == "backend":
+        cfg["backend"] = "fast"
+    elif case == "size as a string":
+        cfg["in_features"] = "192"
+    elif case == "missing bias":
+        del state["layers.1.bias"]
+    elif case == "broken chain":
+        state["layers.1.weight"] = torch.zeros(3, 15)
+    elif case == "zero-stride views":  # 4 bytes in the file posing as a 10**6-unit layer
+        cfg["hidden"] = [10**6]
+        state["layers.0.weight"] = torch.zeros(1).expand(10**6, 192)
+        state["layers.0.bias"] = torch.zeros(1).expand(10**6)
+        state["layers.1.weight"] = torch.zeros(1).expand(3, 10**6)
+    return ckpt
+
+
+DOCTORED = {
+    "huge hidden layer": "describes layer sizes 192-1000000000000-3, its tensors hold 192-16-3",
+    "image size": "image size 16 does not give the model's 192 inputs",
+    "in_features and image size": "describes layer sizes 768-16-3, its tensors hold 192-16-3",
+    "standardiser length": "standardizer mean is (100,), not 192 floating-point numbers",
+    "classes as a string": "class names are str 'cat', not a list of names",
+    "too few class names": "names 2 classes (cat, dog) for a 3-class model",
+    "kind": "model kind 'transformer' is not one of",
+    "activation": "activation 'gelu' is not one of",
+    "backend": "backend 'fast' is not one of",
+    "size as a string": "sizes (in_features, num_classes, hidden) are not integers",
+    "missing bias": "not layers.0..0.weight/bias",
+    "broken chain": "does not chain: layer 0 gives 16 outputs, layer 1 takes 15",
+    "zero-stride views": "strided views instead of stored tensors at layer 0",
+}
+
+
+@pytest.mark.parametrize("case", list(DOCTORED))
+def test_a_checkpoint_that_disagrees_with_itself_is_one_line_and_builds_nothing(
+    run, tmp_path, capsys, monkeypatch, case
+):
+    import mlp_torch.training.inference as inference
+
+    _, _, run_dir = run
+    ckpt = doctor(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True), case)
+    path = tmp_path / "doctored.pt"
+    torch.save(ckpt, path)
+    built = []
+    monkeypatch.setattr(inference, "build_model", lambda **kw: built.append(kw))
+    image = write_images(tmp_path)[0]
+    for argv in (["predict", str(path), str(image)], ["eval", str(path)]):
+        assert main([*argv, "--device", "cpu"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+        assert captured.err.startswith(f"mlp-torch {argv[0]}: error: {path}: ") and DOCTORED[case] in captured.err
+    assert built == []
+
+
+def binary_perceptron(ckpt: dict, rows: int) -> dict:
+    ckpt["model_config"] = {"kind": "perceptron", "in_features": 192, "num_classes": 2, "backend": "builtin"}
+    ckpt["model_state"] = {"layers.0.weight": torch.randn(rows, 192), "layers.0.bias": torch.zeros(rows)}
+    ckpt["classes"] = ["cat", "dog"]
+    return ckpt
+
+
+def test_a_binary_perceptron_has_one_output_row_for_two_classes(run, tmp_path, capsys):
+    _, _, run_dir = run
+    image = write_images(tmp_path)[0]
+    for rows, code in ((1, 0), (2, 2)):
+        ckpt = binary_perceptron(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True), rows)
+        torch.save(ckpt, tmp_path / "perceptron.pt")
+        assert main(["predict", str(tmp_path / "perceptron.pt"), str(image), "--device", "cpu"]) == code
+        captured = capsys.readouterr()
+        if code == 0:
+            assert "cat" in captured.out and "dog" in captured.out
+        else:
+            assert "describes layer sizes 192-1, its tensors hold 192-2" in captured.err
+
+
+def test_eval_of_an_empty_split_is_one_line(run, tmp_path, capsys):
+    """A run trained with --val-fraction 0 has no validation split to evaluate."""
+    _, _, run_dir = run
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["config"]["data"]["val_fraction"] = 0.0
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(copy), "--split", "val", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the val split of synthetic (seed 0) is empty" in err
+    assert main(["eval", str(copy), "--split", "test", "--device", "cpu"]) == 0

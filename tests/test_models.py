@@ -18,7 +18,9 @@ from mlp_torch.models import (
     LinearSoftmax,
     Perceptron,
     build_model,
+    manual,
 )
+from mlp_torch.models.activations import ACTIVATION_TABLE
 
 # The bounds on the relative error of each tensor (max |a − b| / max |b|).
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -137,6 +139,59 @@ def test_any_optimizer_can_step_on_any_backend(backend: str) -> None:
             optimizer.step()
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+# llm.c's check: backward against autograd on loss = (out * dout).sum(), with the caller's tensors left as they were.
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_manual_activation_pair_matches_autograd(name: str) -> None:
+    torch.manual_seed(0)
+    f = ACTIVATION_TABLE[name]
+    a, dh = 3 * torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    a[0, 0] = 0.0  # relu's kink: 0, as torch.relu
+    a_before, dh_before = a.clone(), dh.clone()
+    h, cache = f.forward(a)
+    da = f.backward(dh, cache)
+    assert torch.equal(a, a_before) and torch.equal(dh, dh_before)
+    a_ref = a.clone().requires_grad_()
+    h_ref = f.builtin(a_ref)
+    (da_ref,) = torch.autograd.grad((h_ref * dh).sum(), a_ref)
+    assert torch.equal(h, h_ref.detach())
+    torch.testing.assert_close(da, da_ref, rtol=1e-15, atol=1e-16)
+
+
+def test_manual_linear_pair_matches_autograd() -> None:
+    torch.manual_seed(0)
+    x, W, b = (torch.randn(*s, dtype=torch.float64) for s in [(6, 4), (3, 4), (3,)])
+    da = torch.randn(6, 3, dtype=torch.float64)
+    before = [t.clone() for t in (x, W, b, da)]
+    a, cache = manual.linear_forward(x, W, b)
+    dx, dW, db = manual.linear_backward(da, cache)
+    assert all(torch.equal(t, u) for t, u in zip((x, W, b, da), before))
+    leaves = [t.clone().requires_grad_() for t in (x, W, b)]
+    a_ref = F.linear(*leaves)
+    grads_ref = torch.autograd.grad((a_ref * da).sum(), leaves)
+    torch.testing.assert_close(a, a_ref.detach(), rtol=1e-15, atol=1e-15)
+    for grad, ref in zip((dx, dW, db), grads_ref):
+        assert grad is not None
+        torch.testing.assert_close(grad, ref, rtol=1e-15, atol=1e-15)
+    no_dx, dW_again, _ = manual.linear_backward(da, cache, need_dx=False)
+    assert no_dx is None and torch.equal(dW_again, dW)
+
+
+def test_manual_cross_entropy_is_makemores_fused_gradient() -> None:
+    torch.manual_seed(0)
+    logits, y = 3 * torch.randn(9, 4, dtype=torch.float64), torch.randint(0, 4, (9,))
+    before = logits.clone()
+    loss, dlogits = manual.softmax_cross_entropy(logits, y)
+    assert torch.equal(logits, before)
+    y_hat_minus_y = torch.softmax(logits, 1) - F.one_hot(y, 4).to(torch.float64)
+    torch.testing.assert_close(dlogits, y_hat_minus_y / 9, rtol=1e-15, atol=1e-17)  # (ŷ − y) / N
+    leaf = logits.clone().requires_grad_()
+    ref = F.cross_entropy(leaf, y)
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-15, atol=0)
+    torch.testing.assert_close(dlogits, torch.autograd.grad(ref, leaf)[0], rtol=1e-13, atol=1e-16)
 
 
 def test_manual_forward_records_nothing_for_autograd() -> None:

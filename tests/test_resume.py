@@ -242,8 +242,8 @@ def test_a_run_held_by_another_process_is_refused_and_a_dead_holder_does_not_blo
         [
             sys.executable,
             "-c",
-            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "f.truncate(0); f.write('4242'); f.flush(); print('locked', flush=True); time.sleep(120)",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(120)",
             str(run_dir / LOCK_FILE),
         ],
         stdout=subprocess.PIPE,
@@ -255,7 +255,7 @@ def test_a_run_held_by_another_process_is_refused_and_a_dead_holder_does_not_blo
         assert main(["train", "--resume", str(run_dir), "--epochs", "2"]) == 1
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line == (
-            f"mlp-torch train: error: {run_dir} is being trained by another process (pid 4242); wait for it "
+            f"mlp-torch train: error: {run_dir} is being trained by another process (pid {holder.pid}); wait for it "
             "to end, or stop it (Ctrl-C or kill PID saves last.pt) and resume then"
         )
         assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before, "nothing was written"

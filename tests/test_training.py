@@ -530,10 +530,7 @@ def test_without_a_validation_split_the_last_epoch_is_kept_and_eval_of_val_is_re
 
     assert main(["eval", str(run_dir), "--split", "val", "--device", "cpu"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == (
-        f"mlp-torch eval: error: {run_dir}: its val split has no images (--val-fraction 0 held out none); "
-        "evaluate another --split"
-    )
+    assert line.startswith("mlp-torch eval: error: the val split of ") and "--val-fraction 0" in line
     assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
 
 

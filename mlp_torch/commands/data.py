@@ -20,7 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split (and synthetic data)")
-    add_json_argument(parser, '{"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}}')
+    add_json_argument(
+        parser,
+        '{"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}, '
+        '"skipped": {"not_images": n, "unreadable": n, "dangling_links": n}} (skipped: image folders only)',
+    )
     parser.set_defaults(func=run)
 
 
@@ -38,11 +42,15 @@ def run(args: argparse.Namespace) -> int:
         if bundle.cache_path is None
         else f"cache:      {bundle.cache_path} ({'reused' if bundle.cache_hit else 'written'})",
         f"loaded in:  {bundle.load_seconds:.2f} s",
-        f"{'class':<{width}}  {'train':>7} {'val':>7} {'test':>7}",
     ]
+    if bundle.skipped:
+        skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in bundle.skipped.items() if n)
+        lines.append(f"skipped:    {skipped or 'nothing'}")
+    lines.append(f"{'class':<{width}}  {'train':>7} {'val':>7} {'test':>7}")
     for name in bundle.classes:
         lines.append(f"{name:<{width}}  " + " ".join(f"{counts[s][name]:>7}" for s in ("train", "val", "test")))
     lines.append(f"{'total':<{width}}  " + " ".join(f"{sum(counts[s].values()):>7}" for s in ("train", "val", "test")))
     print("\n".join(lines), file=report_stream(args.json))
-    write_json(args.json, {"classes": bundle.classes, "splits": counts})
+    summary = {"classes": bundle.classes, "splits": counts, **({"skipped": bundle.skipped} if bundle.skipped else {})}
+    write_json(args.json, summary)
     return 0

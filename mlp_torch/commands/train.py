@@ -10,11 +10,14 @@ from typing import Any
 
 from ..cli import INTERRUPTED_EXIT, HelpFormatter, typed_options
 from ..data import add_data_arguments, data_options_from_args
+from ..data.saved import LOCATION_KEYS, data_options_from_saved, location_overrides
 from ..models import add_model_arguments
 from ..training.config import DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
 RESUMABLE = ("epochs", "device", "progress")
+# Where the data are and come from: never taken from config.json on --resume (a resume never downloads).
+DATA_LOCATIONS = ("data_root", "cache_dir", "cache", *LOCATION_KEYS)
 
 
 def register(subparsers: Any) -> None:
@@ -99,7 +102,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="RUN_DIR",
         help="continue RUN_DIR from checkpoints/last.pt with its own config.json "
-        f"(only {', '.join('--' + k for k in RESUMABLE)} may change)",
+        f"(only {', '.join('--' + k for k in RESUMABLE)} may change; --data-root and --cache-dir say where "
+        "the data are now; nothing is downloaded)",
     )
     parser.set_defaults(func=run_train)
 
@@ -143,7 +147,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = load_run_config(args.resume)
         explicit = typed_options(args._argv)
-        ignored = sorted(explicit - set(RESUMABLE) - {"resume"})
+        ignored = sorted(explicit - set(RESUMABLE) - set(DATA_LOCATIONS) - {"resume"})
         if ignored:
             print(
                 "mlp-torch train: note: with --resume the run's config.json decides; ignoring "
@@ -152,6 +156,9 @@ def run_train(args: argparse.Namespace) -> int:
             )
         for key in set(RESUMABLE) & explicit:
             setattr(config, key, getattr(args, key))
+        # which data from config.json; where they are and any URL, md5 or cache folder from the command line
+        overrides = location_overrides(args, data_root_given="data_root" in explicit)
+        config.data = data_options_from_saved(config.to_dict()["data"], str(args.resume / "config.json"), overrides)
         config.validate()
         metrics = train(config, resume=args.resume)
     if metrics["status"] == "interrupted":

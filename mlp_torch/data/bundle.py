@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..errors import DataError, DownloadError
-from . import cache, cifar, folder, synthetic
+from ..errors import DataError
+from . import archive, cache, cifar, folder, synthetic
 from .loader import class_weights
 from .options import DataOptions
 
@@ -53,6 +54,7 @@ class DataBundle:
     cache_path: Path | None = None
     cache_hit: bool = False
     load_seconds: float = field(default=0.0, compare=False)
+    skipped: dict[str, int] = field(default_factory=dict)  # image folders: files passed over, by reason
 
     @property
     def num_classes(self) -> int:
@@ -154,7 +156,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
-def _load_cifar(opts: DataOptions):
+def _load_cifar(opts: DataOptions, allow_download: bool):
     wanted = cifar.resolve_cifar_classes(opts.classes)
     classes = [name for name, _ in wanted]
     specs = cifar.archive_specs(opts)
@@ -163,11 +165,11 @@ def _load_cifar(opts: DataOptions):
     folders, failures = {}, []
     for k in keys:  # try every archive, so one message names everything to place by hand
         try:
-            folders[k] = cifar.ensure_extracted(specs[k], root, opts.download_timeout)
-        except DownloadError as err:
-            failures.append(str(err))
+            folders[k] = archive.ensure_extracted(specs[k], root, opts.download_timeout, allow_download)
+        except DataError as err:
+            failures.append(err)
     if failures:
-        raise DownloadError(" — and: ".join(failures))
+        raise type(failures[0])(" — and: ".join(map(str, failures)))
     fingerprint = [cifar.source_fingerprint(specs[k], folders[k]) for k in keys]
 
     def decode():
@@ -175,43 +177,51 @@ def _load_cifar(opts: DataOptions):
         return _resize(train_x, opts.image_size), train_y, _resize(test_x, opts.image_size), test_y
 
     source = f"{' + '.join(specs[k].name for k in keys)} from {root}"
-    return classes, source, *_decode_cached(opts, "cifar", root, classes, fingerprint, decode)
+    return classes, source, *_decode_cached(opts, "cifar", root, classes, fingerprint, decode), {}
 
 
-def _load_folder(opts: DataOptions):
+def _load_folder(opts: DataOptions, allow_download: bool):
     root = opts.data_root
     classes = list(opts.classes) if opts.classes is not None else folder.folder_classes(root)
-    images = folder.list_images(root, classes)
-    fingerprint = folder.source_fingerprint(images)
+    listing = folder.list_images(root, classes)
+    note = listing.skipped_note()
+    if note:
+        print(f"note: image folder {root}: {note}", file=sys.stderr)
+    fingerprint = folder.source_fingerprint(listing.images)
     source = f"image folder {root}"
+
+    def decode():
+        return folder.load_folder(listing.images, opts.image_size)
+
     return (
         classes,
         source,
-        *_decode_cached(
-            opts, "folder", root, classes, fingerprint, lambda: folder.load_folder(images, opts.image_size)
-        ),
+        *_decode_cached(opts, "folder", root, classes, fingerprint, decode),
+        listing.skipped_counts(),
     )
 
 
-def _load_synthetic(opts: DataOptions):
+def _load_synthetic(opts: DataOptions, allow_download: bool):
     classes = list(opts.classes) if opts.classes is not None else synthetic.synthetic_classes()
     if len(classes) < 2:
         raise DataError("synthetic data need at least 2 classes")
     tensors = synthetic.make_synthetic(
         len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.seed
     )
-    return classes, f"synthetic (seed {opts.seed})", tensors, None, False
+    return classes, f"synthetic (seed {opts.seed})", tensors, None, False, {}
 
 
-def load_data(opts: DataOptions) -> DataBundle:
+def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
     """Load the dataset ``opts`` describes: CPU uint8 splits, validation carved from train.
 
     Args:
         opts: which dataset, classes, image size, cache and split.
+        allow_download: ``False`` where the options came from a file (``eval``, ``--resume``):
+            a CIFAR archive that is not in ``opts.data_root`` is an error saying where to place it.
     """
     start = time.perf_counter()
     loader = {"cifar": _load_cifar, "folder": _load_folder, "synthetic": _load_synthetic}[opts.dataset]
-    classes, source, (train_x, train_y, test_x, test_y), cache_path, hit = loader(opts)
+    classes, source, (train_x, train_y, test_x, test_y), cache_path, hit, skipped = loader(opts, allow_download)
     if len(train_y) == 0:
         raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
     train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.seed)
@@ -234,6 +244,7 @@ def load_data(opts: DataOptions) -> DataBundle:
         cache_path=cache_path,
         cache_hit=hit,
         load_seconds=time.perf_counter() - start,
+        skipped=skipped,
     )
 
 

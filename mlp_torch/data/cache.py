@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -40,8 +41,18 @@ def cache_key(kind: str, root: Path | None, classes: list[str], image_size: int,
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+MAX_LABEL = 48  # characters of class names in a cache file name; a file name may have 255 bytes
+
+
 def cache_file(cache_dir: Path, kind: str, classes: list[str], image_size: int, key: str) -> Path:
-    label = "-".join(classes) if len(classes) <= 4 else f"{len(classes)}classes"
+    """``cache_dir/folder-cat-dog-32px-<key>.pt``: class names while they are few and short, else a count.
+
+    The key (which hashes the class names among everything else) is what tells files apart; the
+    names are for people, so long or odd folder names never make the file name too long (or a path).
+    """
+    label = "-".join(classes)
+    if len(classes) > 4 or len(label) > MAX_LABEL or not re.fullmatch(r"[\w-]+", label):
+        label = f"{len(classes)}classes"
     return cache_dir / f"{kind}-{label}-{image_size}px-{key[:16]}.pt"
 
 
@@ -69,7 +80,7 @@ def load_cached(path: Path, key: str) -> tuple[torch.Tensor, ...] | None:
 
 
 def save_cached(path: Path, key: str, tensors: tuple[torch.Tensor, ...]) -> bool:
-    """Write the tensors atomically; warn and go on (returning False) if the cache dir is not writable.
+    """Write the tensors atomically; warn and go on (returning False) if that fails (read-only, full disk...).
 
     Args:
         path: from :func:`cache_file`.
@@ -80,7 +91,7 @@ def save_cached(path: Path, key: str, tensors: tuple[torch.Tensor, ...]) -> bool
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, mode=0o644) as f:  # readable like the public dataset it decodes
             torch.save({"key": key, **dict(zip(TENSOR_KEYS, tensors))}, f)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk or a file-size limit as RuntimeError
         warnings.warn(
             f"could not write the data cache {path} ({err}); pass --cache-dir DIR to put it elsewhere", stacklevel=2
         )

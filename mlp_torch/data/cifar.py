@@ -1,34 +1,28 @@
-"""CIFAR-10 and CIFAR-100 by class name: download when missing -> verify md5 -> extract once -> load.
+"""CIFAR-10 and CIFAR-100 by class name: the official archives, extracted once, read without running code.
 
 The archives are the official python-pickle ones and are laid out as torchvision lays them out::
 
     DATA_ROOT/cifar-10-python.tar.gz    DATA_ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}
     DATA_ROOT/cifar-100-python.tar.gz   DATA_ROOT/cifar-100-python/{train,test,meta}
 
-so a data root that torchvision already filled is reused. Nothing is ever left half-done: a download
-goes to ``*.part`` and is renamed only once its md5 matches, and an archive is extracted into a
-temporary folder that is renamed into place only once every expected file is out.
+so a data root that torchvision already filled is reused. Fetching and unpacking is
+:mod:`mlp_torch.data.archive`; the batches are read with :func:`~mlp_torch.data.safe_pickle.load_plain_pickle`,
+which builds only dicts, lists, strings, numbers and numeric arrays, so a crafted batch (in an
+archive or an extracted folder) is refused instead of run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import pickle
-import shutil
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import DataError, DownloadError
+from ..errors import DataError
+from .archive import by_hand
 from .options import DataOptions
+from .safe_pickle import UnsafePickleError, load_plain_pickle
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -213,103 +207,6 @@ def resolve_cifar_classes(classes: list[str] | None) -> list[tuple[str, str]]:
     return [(n, "cifar10" if n in CIFAR10_CLASSES else "cifar100") for n in names]
 
 
-# --- download, verify, extract -------------------------------------------------------------------
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _by_hand(spec: ArchiveSpec, root: Path) -> str:
-    return (
-        f"download {spec.url} by hand and place it at {root / spec.filename} (md5 {spec.md5}), "
-        f"or extract it so that {root / spec.folder}/ holds {', '.join(spec.members)}; then rerun"
-    )
-
-
-def _download(spec: ArchiveSpec, root: Path, timeout: float) -> Path:
-    """Fetch ``spec.url`` into ``root/filename.part``, check its md5, then rename it into place."""
-    target = root / spec.filename
-    part = root / (spec.filename + ".part")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.md5()
-        print(f"downloading {spec.name} from {spec.url} to {target}", file=sys.stderr)
-        with urllib.request.urlopen(spec.url, timeout=timeout) as response, open(part, "wb") as out:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        part.unlink(missing_ok=True)
-        reason = getattr(err, "reason", None) or err
-        raise DownloadError(f"could not download {spec.name} ({reason}); {_by_hand(spec, root)}") from None
-    if digest.hexdigest() != spec.md5:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{spec.name} download from {spec.url} has md5 {digest.hexdigest()}, expected "
-            f"{spec.md5} (truncated or wrong file, deleted); {_by_hand(spec, root)}"
-        )
-    os.replace(part, target)
-    return target
-
-
-def _extract(spec: ArchiveSpec, archive: Path, root: Path) -> None:
-    """Extract the expected members into a temporary folder, then rename it to ``root/spec.folder``."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder}.", dir=root))
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            wanted = {f"{spec.folder}/{m}" for m in spec.members}
-            members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
-            missing = wanted - {m.name for m in members}
-            if missing:
-                raise DataError(
-                    f"{archive} is not the {spec.name} archive: it lacks {', '.join(sorted(missing))}; "
-                    f"{_by_hand(spec, root)}"
-                )
-            tar.extractall(tmp, members=members, filter="data")
-        os.replace(tmp / spec.folder, root / spec.folder)
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise DownloadError(f"{archive} is corrupt ({err}); delete it and {_by_hand(spec, root)}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_extracted(spec: ArchiveSpec, root: Path, timeout: float = 10.0) -> Path:
-    """Return ``root/spec.folder`` with every member present, downloading and extracting only if needed.
-
-    Args:
-        spec: which archive, from :func:`archive_specs`.
-        root: the data root (``--data-root``).
-        timeout: seconds to wait on the network before giving up with instructions.
-    """
-    folder = root / spec.folder
-    if all((folder / m).is_file() for m in spec.members):
-        return folder
-    if folder.exists():
-        raise DataError(f"{folder} exists but lacks some of {', '.join(spec.members)}; delete it and rerun")
-    archive = root / spec.filename
-    if archive.is_file():
-        actual = file_md5(archive)
-        if actual != spec.md5:
-            raise DownloadError(
-                f"{archive} has md5 {actual}, expected {spec.md5}; delete it (it will be downloaded "
-                f"again) or {_by_hand(spec, root)}"
-            )
-        _extract(spec, archive, root)
-        return folder
-    archive = _download(spec, root, timeout)
-    try:
-        _extract(spec, archive, root)
-    except DataError:
-        archive.unlink(missing_ok=True)  # we fetched it, it is useless: do not make the user delete it
-        raise
-    return folder
-
-
 def source_fingerprint(spec: ArchiveSpec, folder: Path) -> list:
     """What the cache key needs to notice a changed source: the md5 and every member's size and mtime."""
     stats = [(m, (folder / m).stat().st_size, (folder / m).stat().st_mtime_ns) for m in spec.members]
@@ -319,26 +216,54 @@ def source_fingerprint(spec: ArchiveSpec, folder: Path) -> list:
 # --- load ----------------------------------------------------------------------------------------
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, spec: ArchiveSpec, root: Path) -> dict:
+    """One batch or meta file as a dict with str keys, read without calling anything it names."""
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+        entry = load_plain_pickle(path)  # Python 2 pickles: strings are read as latin-1
+    except UnsafePickleError as err:
+        raise DataError(
+            f"{path} is not an official {spec.name} file: it holds {err}, which the official files do not; "
+            f"it was refused without running anything. Delete {path.parent} and {by_hand(spec, root)}"
+        ) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); delete its folder and rerun") from None
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} is not an official {spec.name} file (it holds a {type(entry).__name__}, not a dict)")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
 
 
 def _load_split(spec: ArchiveSpec, folder: Path, files: tuple[str, ...], wanted: list[int]):
     """Images (N, 3, 32, 32) uint8 and their archive labels, for the wanted archive labels only."""
     xs, ys = [], []
     for name in files:
-        entry = _unpickle(folder / name)
-        labels = np.asarray(entry[spec.labels_key], dtype=np.int64)
+        path = folder / name
+        entry = _unpickle(path, spec, folder.parent)
+        data, labels = entry.get("data"), np.asarray(entry.get(spec.labels_key, []))
+        if not (
+            isinstance(data, np.ndarray)
+            and data.dtype == np.uint8
+            and data.shape[1:] == (3 * SIDE * SIDE,)
+            and labels.shape == data.shape[:1]
+            and labels.dtype.kind in "iu"
+        ):
+            raise DataError(
+                f"{path} is not an official {spec.name} batch: expected 'data', uint8 of shape (N, {3 * SIDE * SIDE}), "
+                f"and N integer '{spec.labels_key}'; delete {folder} and rerun"
+            )
+        labels = labels.astype(np.int64)
         keep = np.isin(labels, wanted)
-        xs.append(np.asarray(entry["data"], dtype=np.uint8)[keep])
+        xs.append(data[keep])
         ys.append(labels[keep])
     x = np.concatenate(xs).reshape(-1, 3, SIDE, SIDE)
     return torch.from_numpy(x), torch.from_numpy(np.concatenate(ys))
+
+
+def _class_names(spec: ArchiveSpec, folder: Path) -> list[str]:
+    path = folder / spec.meta_file
+    names = _unpickle(path, spec, folder.parent).get(spec.names_key)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path} is not an official {spec.name} meta file: it lacks the list '{spec.names_key}'")
+    return names
 
 
 def load_cifar(opts: DataOptions, classes: list[tuple[str, str]], folders: dict[str, Path]):
@@ -347,16 +272,19 @@ def load_cifar(opts: DataOptions, classes: list[tuple[str, str]], folders: dict[
     Args:
         opts: the options (for the archive specs).
         classes: from :func:`resolve_cifar_classes`.
-        folders: archive key -> extracted folder, from :func:`ensure_extracted`.
+        folders: archive key -> extracted folder, from :func:`mlp_torch.data.archive.ensure_extracted`.
 
     Returns:
         ``(train_x, train_y, test_x, test_y)``: uint8 (N, 3, 32, 32) and int64 (N,), official splits.
+
+    Raises:
+        DataError: a file is damaged, or holds anything but what the official files hold.
     """
     specs = archive_specs(opts)
     parts: dict[str, list] = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
     for key, folder in folders.items():
         spec = specs[key]
-        archive_names = list(_unpickle(folder / spec.meta_file)[spec.names_key])
+        archive_names = _class_names(spec, folder)
         ours = {name: label for label, (name, k) in enumerate(classes) if k == key}
         missing = [n for n in ours if n not in archive_names]
         if missing:

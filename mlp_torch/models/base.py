@@ -59,8 +59,9 @@ class Classifier(nn.Module):
     """Base class: a stack of dense ``layers`` and a loss, with three interchangeable gradient paths.
 
     Subclasses implement the autograd forward (``_forward``, builtin or custom ops) and its loss
-    (``_loss``), and the manual path (``_manual_forward`` returning a cache, ``_manual_loss``
-    returning ℓ and dℓ/dlogits, ``_manual_backward`` filling ``.grad``).
+    (``_loss``), and the manual path (``_manual_forward`` returning the logits and a cache of what
+    backward needs, ``_manual_loss`` returning ℓ and dℓ/dlogits, ``_manual_backward`` filling
+    ``.grad``).
     """
 
     kind: str = ""
@@ -156,11 +157,11 @@ class Classifier(nn.Module):
     def _loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None, custom: bool) -> Tensor:
         raise NotImplementedError
 
-    def _manual_forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def _manual_forward(self, x: Tensor) -> tuple[Tensor, Any]:
         raise NotImplementedError
 
     def _manual_loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def _manual_backward(self, cache: list[Tensor], dlogits: Tensor) -> None:
+    def _manual_backward(self, cache: Any, dlogits: Tensor) -> None:
         raise NotImplementedError

@@ -1,16 +1,21 @@
 """The ``manual`` gradient path: the lecture's chain rule written out, no autograd at all.
 
-Every function here runs on plain tensors (callers hold ``torch.no_grad()``); forward functions
-return what backward needs, backward functions return gradients named ``d<name>`` after the
-forward variable they belong to. Shapes: ``N`` batch, ``I`` inputs of a layer, ``O`` outputs.
+In the style of llm.c's ``layernorm.py``: each op is a ``*_forward`` that returns its output and
+a cache, and a ``*_backward`` that takes the gradient of that output and the cache and returns
+the gradients of the op's inputs, named ``d<name>`` after the forward variable they belong to.
+Everything runs on plain tensors (callers hold ``torch.no_grad()``), and nothing overwrites a
+tensor its caller passed in. Shapes: ``N`` batch, ``I`` inputs of a layer, ``O`` its outputs
+(``H`` for a hidden layer's). Names as in :mod:`mlp_torch.functional`: ``a`` is a linear map's
+output (the pre-activation), ``h = f(a)`` an activation's output.
 
 One dense layer and its loss, in the slides' notation (row-vector convention, ``x`` is (N, I)):
 
     a = x Wᵀ + b            dW = daᵀ x      db = Σ_n da      dx = da W
-    h = σ(a)                da = dh ⊙ σ'(a)
+    h = σ(a)                da = dh ⊙ σ'(a) = dh ⊙ h ⊙ (1 − h)
+    ŷ = softmax(a)          dℓ/da = (ŷ − y) / N              (ℓ the mean cross-entropy)
 
-Only what backward needs is kept: each layer's input and each activation's *output* (σ', tanh'
-and relu' are all functions of the output), never the pre-activation.
+Only what backward needs is cached: each layer's input and weight, and each activation's
+*output* (σ', tanh' and relu' are all functions of the output), never the pre-activation.
 """
 
 from __future__ import annotations
@@ -18,102 +23,121 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+LinearCache = tuple[Tensor, Tensor]  # (x, W)
+
 # --------------------------------------------------------------------------- dense layer
 
 
-def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """a = x Wᵀ + b, with Wᵀ as a transposed view (BLAS reads it in place, no copy)."""
-    if bias is None:
-        return torch.mm(x, weight.t())  # N,O
-    return torch.addmm(bias, x, weight.t())  # N,O
+def linear_forward(x: Tensor, W: Tensor, b: Tensor) -> tuple[Tensor, LinearCache]:
+    """a = x Wᵀ + b; the cache is (x, W)."""
+    a = torch.addmm(b, x, W.t())  # N,I @ I,O + O -> N,O  (Wᵀ is a view: BLAS reads it in place)
+    return a, (x, W)
 
 
-def linear_backward_input(da: Tensor, weight: Tensor) -> Tensor:
-    """dℓ/dx = da W."""
-    return torch.mm(da, weight)  # (N,O) @ (O,I) -> N,I
+def linear_backward(da: Tensor, cache: LinearCache, need_dx: bool = True) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(dx, dW, db) from da = dℓ/da; ``need_dx=False`` skips dx (the first layer's, nobody's)."""
+    x, W = cache
+    dx = da @ W if need_dx else None  # N,O @ O,I -> N,I
+    dW = da.t() @ x  # O,N @ N,I -> O,I
+    db = da.sum(dim=0)  # O
+    return dx, dW, db
 
 
-def accumulate_linear_grads(da: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    """Add dℓ/dW = daᵀ x and dℓ/db = Σ_n da into ``.grad``, the way ``loss.backward()`` accumulates."""
-    # dW = daᵀ x: (O,N) @ (N,I) -> O,I; written straight into .grad, no temporary when it exists
-    if weight.grad is None:
-        weight.grad = torch.mm(da.t(), x)
+def accumulate_grad(param: Tensor, grad: Tensor) -> None:
+    """``param.grad += grad``, the way ``loss.backward()`` accumulates (it assigns when there is none)."""
+    if param.grad is None:
+        param.grad = grad
     else:
-        weight.grad.addmm_(da.t(), x)
-    if bias is not None:
-        db = da.sum(dim=0)  # O
-        if bias.grad is None:
-            bias.grad = db
-        else:
-            bias.grad.add_(db)
+        param.grad += grad
 
 
 # --------------------------------------------------------------------------- activations
+# h = f(a) and da = dh ⊙ f'(a), with f' written in terms of the output h; the cache is h.
+# Backward multiplies in place into the first tensor it creates itself, never into dh or h.
 
 
-def activation_forward(name: str, a: Tensor) -> Tensor:
-    """h = σ(a) / tanh(a) / max(0, a), in place: the pre-activation ``a`` is not kept."""
-    if name == "sigmoid":
-        return a.sigmoid_()
-    if name == "tanh":
-        return a.tanh_()
-    if name == "relu":
-        return a.relu_()
-    raise ValueError(f"unknown activation {name!r}")
+def sigmoid_forward(a: Tensor) -> tuple[Tensor, Tensor]:
+    """h = σ(a) = 1 / (1 + e^{−a})."""
+    h = torch.sigmoid(a)  # N,H
+    return h, h
 
 
-def activation_backward(name: str, h: Tensor, dh: Tensor) -> Tensor:
-    """da = dh ⊙ f'(a), with f' written in terms of the output h = f(a); overwrites ``dh``."""
-    if name == "sigmoid":
-        # σ'(a) = σ(a)(1 − σ(a)) = h (1 − h)
-        return dh.mul_(torch.rsub(h, 1.0).mul_(h))  # N,O
-    if name == "tanh":
-        # tanh'(a) = 1 − tanh²(a) = 1 − h²
-        return dh.mul_(torch.rsub(h * h, 1.0))  # N,O
-    if name == "relu":
-        # relu'(a) = 1[a > 0] = 1[h > 0]   (0 at the kink, as torch.relu)
-        return dh.masked_fill_(h <= 0, 0.0)  # N,O
-    raise ValueError(f"unknown activation {name!r}")
+def sigmoid_backward(dh: Tensor, cache: Tensor) -> Tensor:
+    """σ'(a) = σ(a)(1 − σ(a)) = h (1 − h)."""
+    h = cache  # N,H
+    return (1 - h).mul_(h).mul_(dh)  # da = (1 − h) ⊙ h ⊙ dh, N,H  (one new tensor, not three)
+
+
+def tanh_forward(a: Tensor) -> tuple[Tensor, Tensor]:
+    """h = tanh(a)."""
+    h = torch.tanh(a)  # N,H
+    return h, h
+
+
+def tanh_backward(dh: Tensor, cache: Tensor) -> Tensor:
+    """tanh'(a) = 1 − tanh²(a) = 1 − h²."""
+    h = cache  # N,H
+    return (1 - h * h).mul_(dh)  # da = (1 − h²) ⊙ dh, N,H
+
+
+def relu_forward(a: Tensor) -> tuple[Tensor, Tensor]:
+    """h = max(0, a)."""
+    h = torch.relu(a)  # N,H
+    return h, h
+
+
+def relu_backward(dh: Tensor, cache: Tensor) -> Tensor:
+    """relu'(a) = 1[a > 0] = 1[h > 0]   (0 at the kink, as torch.relu)."""
+    h = cache  # N,H
+    return dh * (h > 0)  # da = dh ⊙ 1[h > 0], N,H
 
 
 # --------------------------------------------------------------------------- losses
 
 
-def softmax_cross_entropy_with_grad(
+def softmax_cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The lecture's loss and its gradient, fused: ℓ = −mean_n log ŷ_{n,y_n} and dℓ/da = (ŷ − y) / N.
+
+    Args:
+        logits: (N, C) scores ``a``.
+        y: (N,) int64 class indices.
+    """
+    n = logits.shape[0]
+    rows = torch.arange(n, device=logits.device)  # N
+    log_y_hat = torch.log_softmax(logits, dim=1)  # N,C  (log-sum-exp: stable at any scale)
+    loss = -log_y_hat[rows, y].mean()  # ℓ = −mean_n log ŷ_{n,y_n}
+    # makemore's three lines: ŷ, minus 1 at the label, over N
+    dlogits = log_y_hat.exp()  # ŷ = softmax(a), N,C
+    dlogits[rows, y] -= 1  # ŷ − y
+    dlogits /= n  # (ŷ − y) / N
+    return loss, dlogits
+
+
+def weighted_soft_target_cross_entropy(
     logits: Tensor, target: Tensor, weight: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Mean softmax cross-entropy and its gradient dℓ/dlogits, fused (``F.cross_entropy`` semantics).
+    """The general case, with ``F.cross_entropy``'s semantics: class weights and/or probability targets.
 
-    ℓ_n = −w_{y_n} log ŷ_{n,y_n},  ŷ = softmax(a),  ℓ = Σ_n ℓ_n / Σ_n w_{y_n}
-    dℓ/da_n = w_{y_n} (ŷ_n − y_n) / Σ_n w_{y_n}            (y_n one-hot; w ≡ 1 gives (ŷ − y) / N)
+    With target rows t = w ⊙ y (weighted one-hot) or w ⊙ p (weighted probabilities), (N, C):
 
-    Probability targets t (N, C): ℓ = −Σ_n Σ_c w_c t_nc log ŷ_nc / N,
-    dℓ/da_n = (ŷ_n Σ_c w_c t_nc − w ⊙ t_n) / N.
+        ℓ_n = −Σ_c t_nc log ŷ_nc          dℓ_n/da_n = ŷ_n Σ_c t_nc − t_n
+        ℓ = Σ_n ℓ_n / Σ_n w_{y_n} for class labels, Σ_n ℓ_n / N for probability rows
 
     Args:
         logits: (N, C) scores ``a``.
         target: (N,) int64 class indices or (N, C) probability rows.
         weight: optional (C,) per-class weights.
     """
-    n = logits.shape[0]
-    logp = torch.log_softmax(logits, dim=1)  # N,C  (log-sum-exp: stable at any scale)
+    n, num_classes = logits.shape
     if target.dim() == 1:
-        rows = torch.arange(n, device=logits.device)
-        w_n = None if weight is None else weight[target]  # N
-        nll = -logp[rows, target]  # N
-        norm: Tensor | float
-        if w_n is None:
-            loss, norm = nll.mean(), float(n)
-        else:
-            norm = w_n.sum()
-            loss = (w_n * nll).sum() / norm
-        dlogits = logp.exp_()  # N,C  ŷ (logp is no longer needed)
-        dlogits[rows, target] -= 1.0  # ŷ − y
-        if w_n is not None:
-            dlogits.mul_(w_n.unsqueeze(1))  # w_{y_n} (ŷ_n − y_n)
-        dlogits.div_(norm)
-        return loss, dlogits
-    wt = target if weight is None else target * weight  # N,C  w ⊙ t
-    loss = -(wt * logp).sum() / n
-    dlogits = logp.exp_().mul_(wt.sum(dim=1, keepdim=True)).sub_(wt).div_(n)  # N,C
+        t = torch.nn.functional.one_hot(target, num_classes).to(logits.dtype)  # y, N,C
+        if weight is not None:
+            t *= weight  # w ⊙ y
+        norm: Tensor | int = t.sum()  # Σ_n w_{y_n}
+    else:
+        t = target if weight is None else target * weight  # w ⊙ p, N,C
+        norm = n
+    log_y_hat = torch.log_softmax(logits, dim=1)  # N,C
+    loss = -(t * log_y_hat).sum() / norm
+    dlogits = (log_y_hat.exp() * t.sum(dim=1, keepdim=True) - t) / norm  # N,C
     return loss, dlogits

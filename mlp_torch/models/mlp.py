@@ -1,6 +1,6 @@
 """The lecture's N-layer MLP and its zero-hidden-layer case, the linear softmax classifier.
 
-    h⁰ = x,   hˡ = f(hˡ⁻¹ Wˡᵀ + bˡ)  for l = 1 … L−1,   a = hᴸ⁻¹ Wᴸᵀ + bᴸ,   ŷ = softmax(a)
+    h⁰ = x,   aˡ = hˡ⁻¹ Wˡᵀ + bˡ,   hˡ = f(aˡ)  for l = 1 … L−1,   a = hᴸ⁻¹ Wᴸᵀ + bᴸ,   ŷ = softmax(a)
     ℓ = −log ŷ_y            (cross-entropy, averaged over the batch)
 
 Initialisation (biases 0): Xavier/Glorot uniform for sigmoid and tanh hidden layers,
@@ -23,12 +23,12 @@ from torch import Tensor, nn
 
 from .. import functional as MF
 from . import manual
+from .activations import ACTIVATION_TABLE, ACTIVATIONS, Activation
 from .base import Classifier, DenseLayers, check_choice, check_size
 
-ACTIVATIONS: tuple[str, ...] = ("sigmoid", "tanh", "relu")
+__all__ = ["ACTIVATIONS", "MLP", "LinearSoftmax", "init_dense"]
 
-_BUILTIN_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
-_CUSTOM_ACTIVATIONS = {"sigmoid": MF.sigmoid, "tanh": MF.tanh, "relu": MF.relu}
+MLPCache = tuple[list[manual.LinearCache], list[Tensor]]  # per layer (x, W); per hidden layer h
 
 
 def init_dense(layer: nn.Linear, scheme: str, generator: torch.Generator | None) -> None:
@@ -76,7 +76,7 @@ class MLP(Classifier):
         sizes = [self.in_features, *self.hidden, self.num_classes]
         self.layers = DenseLayers(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        hidden_scheme = {"sigmoid": "xavier", "tanh": "xavier_tanh", "relu": "he"}[self.activation]
+        hidden_scheme = self.f.init
         for i, layer in enumerate(self.layers):
             init_dense(layer, "xavier" if i == len(self.layers) - 1 else hidden_scheme, generator)
 
@@ -94,12 +94,17 @@ class MLP(Classifier):
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, backend={self.backend!r}"
 
+    @property
+    def f(self) -> Activation:
+        """The hidden layers' activation: its builtin op, custom Function and manual pair."""
+        return ACTIVATION_TABLE[self.activation]
+
     def hidden_activations(self, x: Tensor) -> list[Tensor]:
         with torch.no_grad():
             out = []
             h = x
             for layer in self.layers[:-1]:
-                h = manual.activation_forward(self.activation, manual.linear_forward(h, layer.weight, layer.bias))
+                h = self.f.builtin(F.linear(h, layer.weight, layer.bias))  # N,H
                 out.append(h)
             return out
 
@@ -113,10 +118,10 @@ class MLP(Classifier):
 
     def _forward(self, x: Tensor, custom: bool) -> Tensor:
         linear = MF.linear if custom else F.linear
-        f = (_CUSTOM_ACTIVATIONS if custom else _BUILTIN_ACTIVATIONS)[self.activation]
+        f = self.f.custom if custom else self.f.builtin
         h = x
         for layer in self.layers[:-1]:
-            h = f(linear(h, layer.weight, layer.bias))  # N,H
+            h = f(linear(h, layer.weight, layer.bias))  # h = f(a), a = h_in Wᵀ + b, N,H
         last = self.layers[-1]
         return linear(h, last.weight, last.bias)  # N,C
 
@@ -127,29 +132,36 @@ class MLP(Classifier):
 
     # ------------------------------------------------------------------ manual (no autograd)
 
-    def _manual_forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        # cache[l] is the input of layer l: x, then each hidden activation's output h
-        cache = [x]
+    def _manual_forward(self, x: Tensor) -> tuple[Tensor, MLPCache]:
+        linear_caches, activation_caches = [], []
+        h = x  # N,I
         for layer in self.layers[:-1]:
-            a = manual.linear_forward(cache[-1], layer.weight, layer.bias)  # N,H
-            cache.append(manual.activation_forward(self.activation, a))  # N,H  (in place: a is gone)
+            a, linear_cache = manual.linear_forward(h, layer.weight, layer.bias)  # N,H
+            h, activation_cache = self.f.forward(a)  # N,H
+            linear_caches.append(linear_cache)
+            activation_caches.append(activation_cache)
         last = self.layers[-1]
-        return manual.linear_forward(cache[-1], last.weight, last.bias), cache  # N,C
+        logits, linear_cache = manual.linear_forward(h, last.weight, last.bias)  # N,C
+        linear_caches.append(linear_cache)
+        return logits, (linear_caches, activation_caches)
 
     def _manual_loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None) -> tuple[Tensor, Tensor]:
-        return manual.softmax_cross_entropy_with_grad(logits, target, class_weight)
+        if target.dim() == 1 and class_weight is None:
+            return manual.softmax_cross_entropy(logits, target)  # the lecture's case
+        return manual.weighted_soft_target_cross_entropy(logits, target, class_weight)
 
-    def _manual_backward(self, cache: list[Tensor], dlogits: Tensor) -> None:
-        # dℓ/da at the output is ŷ − y (from the fused loss); walk the layers backwards:
-        #   dW = daᵀ h_in,  db = Σ_n da,  dh_in = da W,  da_prev = dh_in ⊙ f'(a_prev)
+    def _manual_backward(self, cache: MLPCache, dlogits: Tensor) -> None:
+        # The chain rule, layer by layer from the output, starting at dℓ/da = (ŷ − y) / N:
+        #   dW = daᵀ h_in,  db = Σ_n da,  dh_in = da W,  da_below = dh_in ⊙ f'(a_below)
+        linear_caches, activation_caches = cache
         da = dlogits  # N,C
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer, h_in = self.layers[i], cache[i]
-            manual.accumulate_linear_grads(da, h_in, layer.weight, layer.bias)
-            if i == 0:
-                break  # nobody asked for dℓ/dx
-            dh = manual.linear_backward_input(da, layer.weight)  # N,H
-            da = manual.activation_backward(self.activation, h_in, dh)  # N,H
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            dh, dW, db = manual.linear_backward(da, linear_caches[i], need_dx=i > 0)  # N,I  O,I  O
+            manual.accumulate_grad(layer.weight, dW)
+            manual.accumulate_grad(layer.bias, db)
+            if dh is not None:
+                da = self.f.backward(dh, activation_caches[i - 1])  # N,I
 
 
 class LinearSoftmax(MLP):

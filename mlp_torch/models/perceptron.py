@@ -76,7 +76,7 @@ class Perceptron(Classifier):
     def predict(self, x: Tensor) -> Tensor:
         """Predicted class per row of x: f(x) ∈ {0, 1} (binary) or argmax_c a_c (int64, (N,))."""
         with torch.no_grad():
-            a = manual.linear_forward(x, self.layers[0].weight, self.layers[0].bias)  # N,1 or N,C
+            a, _ = manual.linear_forward(x, self.layers[0].weight, self.layers[0].bias)  # N,1 or N,C
             return (a[:, 0] > 0).long() if self.binary else a.argmax(dim=1)
 
     def kink_pattern(self, x: Tensor) -> Tensor | None:
@@ -151,9 +151,10 @@ class Perceptron(Classifier):
 
     # ------------------------------------------------------------------ manual (no autograd)
 
-    def _manual_forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def _manual_forward(self, x: Tensor) -> tuple[Tensor, manual.LinearCache]:
         layer = self.layers[0]
-        return self._logits(manual.linear_forward(x, layer.weight, layer.bias)), [x]
+        a, cache = manual.linear_forward(x, layer.weight, layer.bias)  # N,1 or N,C
+        return self._logits(a), cache
 
     def _manual_loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None) -> tuple[Tensor, Tensor]:
         n = logits.shape[0]
@@ -172,10 +173,12 @@ class Perceptron(Classifier):
         da[rows, target] -= 1.0
         return loss, da.mul_((w_n / norm)[:, None])
 
-    def _manual_backward(self, cache: list[Tensor], dlogits: Tensor) -> None:
+    def _manual_backward(self, cache: manual.LinearCache, dlogits: Tensor) -> None:
         # dW = daᵀ x,  db = Σ_n da   (dlogits is already dℓ/da of the output unit(s))
         layer = self.layers[0]
-        manual.accumulate_linear_grads(dlogits, cache[0], layer.weight, layer.bias)
+        _, dW, db = manual.linear_backward(dlogits, cache, need_dx=False)  # O,I  O
+        manual.accumulate_grad(layer.weight, dW)
+        manual.accumulate_grad(layer.bias, db)
 
 
 def _weighted_mean(per_sample: Tensor, target: Tensor, class_weight: Tensor | None) -> Tensor:

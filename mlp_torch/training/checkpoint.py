@@ -9,6 +9,11 @@
 * **Self-describing.** ``format``/``version`` tell an mlp_torch checkpoint from any other file;
   it carries the model config, class names, image size and normalisation, so ``predict`` needs
   nothing else.
+* **Checked before use.** :func:`validate_checkpoint` (which ``eval`` and ``predict`` run) derives
+  the model's shape from the tensors actually in the file and requires the config, class names,
+  image size and standardiser to agree with it, so a doctored config can neither make
+  ``build_model`` allocate what the file does not hold nor label predictions with the letters of
+  a string.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS
 from ..utils import atomic_write
 
 FORMAT = "mlp_torch.checkpoint"
@@ -102,6 +108,129 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is damaged or was not written by mlp-torch train")
     return data
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether the bytes of every element are really in the file: a zero-stride view of one number
+    can claim any shape, and a model built to that shape would allocate it."""
+    return tensor.is_contiguous() and tensor.untyped_storage().nbytes() >= tensor.numel() * tensor.element_size()
+
+
+def _layer_shapes(state: Any, path: Path) -> list[tuple[int, int]]:
+    """``(out, in)`` of each dense layer, read from the tensors ``layers.{i}.weight`` / ``layers.{i}.bias``."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: the checkpoint's model_state {what}; it is damaged or was not written by mlp-torch"
+        )
+
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
+        raise bad("is not a dict of named tensors")
+    layers = len(state) // 2
+    expected = {f"layers.{i}.{p}" for i in range(layers) for p in ("weight", "bias")}
+    if set(state) != expected:
+        raise bad(f"has the entries {', '.join(sorted(state))}, not layers.0..{layers - 1}.weight/bias")
+    shapes: list[tuple[int, int]] = []
+    for i in range(layers):
+        weight, bias = state[f"layers.{i}.weight"], state[f"layers.{i}.bias"]
+        if not (isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)):
+            raise bad(f"holds a non-tensor at layer {i}")
+        if not (_dense(weight) and _dense(bias)):
+            raise bad(f"has strided views instead of stored tensors at layer {i}")
+        if not (weight.is_floating_point() and bias.dtype == weight.dtype):
+            raise bad(f"has {weight.dtype}/{bias.dtype} tensors at layer {i}, not one floating-point dtype")
+        if weight.dim() != 2 or bias.shape != weight.shape[:1] or 0 in weight.shape:
+            raise bad(
+                f"has layer {i} weight {tuple(weight.shape)} and bias {tuple(bias.shape)}, not (out, in) and (out,)"
+            )
+        if shapes and weight.shape[1] != shapes[-1][0]:
+            raise bad(f"does not chain: layer {i - 1} gives {shapes[-1][0]} outputs, layer {i} takes {weight.shape[1]}")
+        shapes.append((int(weight.shape[0]), int(weight.shape[1])))
+    return shapes
+
+
+def validate_checkpoint(data: dict[str, Any], path: Path) -> None:
+    """Check that a checkpoint's model config, class names, image size and standardiser agree with its tensors.
+
+    The model's shape comes from the tensors in the file; everything else must match it, so
+    nothing sized by a config value is allocated before that value is known to be true.
+
+    Args:
+        data: the loaded checkpoint (with every key of ``REQUIRED``).
+        path: the file, for messages.
+
+    Raises:
+        CheckpointError: one line naming the first disagreement.
+    """
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {what}; the file is damaged or was not written by mlp-torch train")
+
+    config = data["model_config"]
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise bad("its model_config is not a dict")
+    kind = config.get("kind")
+    if kind not in MODEL_KINDS:
+        raise bad(f"its model kind {kind!r} is not one of {', '.join(MODEL_KINDS)}")
+    allowed = (
+        {"kind", "in_features", "num_classes", "backend"}
+        | ({"seed"} if kind != "perceptron" else set())
+        | ({"hidden", "activation"} if kind == "mlp" else set())
+    )
+    if set(config) - allowed:
+        raise bad(f"its {kind} model_config has unknown key(s) {', '.join(sorted(set(config) - allowed))}")
+    if config.get("backend") not in BACKENDS:
+        raise bad(f"its backend {config.get('backend')!r} is not one of {', '.join(BACKENDS)}")
+    if kind == "mlp" and config.get("activation") not in ACTIVATIONS:
+        raise bad(f"its activation {config.get('activation')!r} is not one of {', '.join(ACTIVATIONS)}")
+    if config.get("seed") is not None and not _int(config["seed"]):
+        raise bad(f"its model seed {config['seed']!r} is not an integer")
+    hidden = config.get("hidden", [])
+    sizes_ok = _int(config.get("in_features")) and _int(config.get("num_classes"))
+    if not (sizes_ok and isinstance(hidden, list) and all(map(_int, hidden))):
+        raise bad("its model_config sizes (in_features, num_classes, hidden) are not integers")
+    in_features: int = config["in_features"]
+    num_classes: int = config["num_classes"]
+
+    shapes = _layer_shapes(data["model_state"], path)
+    outputs = 1 if kind == "perceptron" and num_classes == 2 else num_classes  # the binary perceptron has one unit
+    claimed = [in_features, *hidden, outputs]
+    actual = [shapes[0][1], *(out for out, _ in shapes)]
+    if claimed != actual:
+        raise bad(
+            f"its model_config describes layer sizes {'-'.join(map(str, claimed))}, its tensors hold "
+            f"{'-'.join(map(str, actual))}"
+        )
+    if kind == "perceptron" and num_classes < 2:
+        raise bad(f"a perceptron needs at least 2 classes, its config says {num_classes}")
+
+    classes = data["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise bad(f"its class names are {type(classes).__name__} {classes!r}, not a list of names")
+    if len(classes) != num_classes or len(set(classes)) != len(classes):
+        raise bad(f"it names {len(classes)} classes ({', '.join(classes)}) for a {num_classes}-class model")
+    image_size = data["image_size"]
+    if not _int(image_size) or image_size < 1 or 3 * image_size * image_size != in_features:
+        raise bad(f"its image size {image_size!r} does not give the model's {in_features} inputs (3 x size x size)")
+    std = data["standardizer"]
+    if not (isinstance(std, dict) and set(std) == {"mean", "std"}):
+        raise bad("its standardizer is not a dict of mean and std")
+    for key in ("mean", "std"):
+        tensor = std[key]
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and tensor.shape == (in_features,)
+            and _dense(tensor)
+        ):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise bad(f"its standardizer {key} is {shape}, not {in_features} floating-point numbers")
+    if "config" in data and not isinstance(data["config"], dict):
+        raise bad("its run config is not a dict")
 
 
 _PLAIN = (str, int, float, bool, type(None))

@@ -1,24 +1,30 @@
 """Use a finished run: evaluate a checkpoint on a split, or classify image files with it.
 
 A checkpoint carries everything needed: the model config and weights, the class names, the
-image size and the training split's normalisation. ``evaluate_checkpoint`` also needs the data,
-which it reloads from the run's saved data options (the same seed gives the same validation split).
+image size and the training split's normalisation, checked against each other before anything is
+built (:func:`~mlp_torch.training.checkpoint.validate_checkpoint`). ``evaluate_checkpoint`` also
+needs the data. Which data (dataset, classes, image size, seed and validation fraction, so the
+same split) come from the run directory's ``config.json``, or from the checkpoint itself when it is
+a lone file; where they are comes from that ``config.json`` or from ``--data-root``. Nothing is
+ever downloaded, and no URL, md5 or cache folder is taken from either file
+(:func:`~mlp_torch.data.saved.data_options_from_saved`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data import Standardizer, load_data
+from ..data import DataOptions, Standardizer, load_data
 from ..data.folder import read_image
-from ..errors import CheckpointError, UsageError
+from ..data.saved import data_options_from_saved
+from ..errors import CheckpointError, DataError, UsageError
 from ..models import Classifier, build_model
-from .checkpoint import load_checkpoint
-from .config import data_options_from_dict
+from .checkpoint import load_checkpoint, validate_checkpoint
 from .evaluation import EvalResult, evaluate
 
 SPLITS = ("test", "val", "train")
@@ -58,7 +64,9 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
         path: a run directory or a ``.pt`` file written by ``mlp-torch train``.
         device: where the model should live.
     """
-    ckpt = load_checkpoint(resolve_checkpoint(path), map_location=device)
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file, map_location=device)
+    validate_checkpoint(ckpt, file)  # before build_model allocates anything the config claims
     try:
         model = build_model(**ckpt["model_config"]).to(device)
         model.load_state_dict(ckpt["model_state"])
@@ -69,33 +77,82 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     return LoadedModel(model, standardizer, list(ckpt["classes"]), int(ckpt["image_size"]), ckpt)
 
 
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory a checkpoint belongs to: ``path`` itself, or ``RUN/checkpoints/x.pt`` -> ``RUN``."""
+    path = Path(path)
+    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    return run if run is not None and (run / "config.json").is_file() else None
+
+
+def eval_data_options(
+    path: Path, checkpoint: dict[str, Any], data_root: Path | None = None, cache_dir: Path | None = None
+) -> DataOptions:
+    """Where and which data to evaluate a checkpoint on, trusting neither file with locations.
+
+    Args:
+        path: the run directory or checkpoint file the user named.
+        checkpoint: the loaded checkpoint.
+        data_root: ``--data-root``: where the data live now (required for a lone checkpoint file).
+        cache_dir: ``--cache-dir``; else the default cache folder.
+
+    Raises:
+        UsageError: a lone checkpoint file without ``data_root`` (and not of synthetic data).
+        DataError: the saved data options are malformed.
+    """
+    overrides: dict[str, Any] = {}
+    if data_root is not None:
+        overrides["data_root"] = Path(data_root)
+    if cache_dir is not None:
+        overrides["cache_dir"] = Path(cache_dir)
+    run = run_dir_of(path)
+    if run is not None:
+        config_path = run / "config.json"
+        try:
+            saved = json.loads(config_path.read_text())["config"]["data"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{config_path} is not a readable run config ({type(err).__name__}: {err})") from None
+        return data_options_from_saved(saved, str(config_path), overrides)
+    saved = checkpoint.get("config", {}).get("data")
+    opts = data_options_from_saved(saved, str(path), overrides)
+    if data_root is None and opts.dataset != "synthetic":
+        raise UsageError(
+            f"{path} is not inside a run directory, so where its {opts.dataset} data live is unknown; "
+            "pass --data-root DIR (the data root it was trained on)"
+        )
+    return opts
+
+
 def evaluate_checkpoint(
-    path: Path, device: torch.device, split: str = "test", data_root: Path | None = None
+    path: Path,
+    device: torch.device,
+    split: str = "test",
+    data_root: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[EvalResult, list[str]]:
-    """Metrics of a checkpoint on one split of the data it was trained on.
+    """Metrics of a checkpoint on one split of the data it was trained on; never downloads.
 
     Args:
         path: a run directory or checkpoint file.
         device: where to run.
         split: ``test``, ``val`` or ``train``.
-        data_root: where the data live now, if they moved since training.
+        data_root: where the data live now, if they moved since training; required for a
+            checkpoint file that is not inside its run directory.
+        cache_dir: where decoded datasets are cached (default: the default cache folder).
     """
     if split not in SPLITS:
         raise UsageError(f"--split {split!r} is not one of: {', '.join(SPLITS)}")
     loaded = load_model(path, device)
-    saved = loaded.checkpoint.get("config", {}).get("data")
-    if saved is None:
-        raise CheckpointError(f"{path} does not record which data it was trained on")
-    opts = data_options_from_dict(saved)
-    if data_root is not None:
-        opts.data_root = Path(data_root)
-    bundle = load_data(opts)
-    if bundle.classes != loaded.classes:
-        raise CheckpointError(f"the data now hold classes {bundle.classes}, the checkpoint {loaded.classes}")
-    if len(bundle.splits()[split]) == 0:
-        why = f" (--val-fraction {opts.val_fraction:g} held out none)" if split == "val" else ""
-        raise UsageError(f"{path}: its {split} split has no images{why}; evaluate another --split")
-    data = bundle.splits()[split].to(device)
+    opts = eval_data_options(path, loaded.checkpoint, data_root, cache_dir)
+    bundle = load_data(opts, allow_download=False)
+    if bundle.classes != loaded.classes or bundle.image_size != loaded.image_size:
+        raise CheckpointError(
+            f"the data hold classes {bundle.classes} at {bundle.image_size} px, the checkpoint "
+            f"{loaded.classes} at {loaded.image_size} px; pass --data-root DIR with the data it was trained on"
+        )
+    data = bundle.splits()[split]
+    if len(data) == 0:
+        raise DataError(f"the {split} split of {bundle.source} is empty (was the run trained with --val-fraction 0?)")
+    data = data.to(device)
     return evaluate(loaded.model, data.x, data.y, loaded.standardizer), loaded.classes
 
 

@@ -65,43 +65,38 @@ def make_run_dir(runs_dir: Path, name: str) -> Path:
 
 
 class RunLock:
-    """An exclusive lock on a run directory while this process trains it (``RUN_DIR/.lock``, holding the pid).
+    """An exclusive lock on a run directory while this process trains it (on the empty file ``RUN_DIR/.lock``).
 
     ``fcntl.flock`` belongs to the open file, and the kernel drops it when the process ends, however
-    it ends: a lock left by a killed run never blocks the next one. Where ``fcntl`` does not exist
-    (Windows) there is no lock.
+    it ends: a lock left by a killed run never blocks the next one. The file itself never changes,
+    so a run directory stays byte for byte as it was when a resume is refused. Where ``fcntl`` does
+    not exist (Windows) there is no lock.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_FILE
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         try:
             import fcntl
         except ImportError:
             return
         try:
-            f = open(self.path, "a+")  # held open for the lock's lifetime
+            f = open(self.path, "ab")  # held open for the lock's lifetime
         except OSError as err:
             raise WriteError(f"cannot create the lock file {self.path}: {err.strerror or err}") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
-            words = f.read().split()  # the holder's pid, unless it is still writing it
             f.close()
-            holder = f" (pid {words[-1]})" if words else ""
+            pid = _flock_holder(self.path)
             raise RunInUseError(
-                f"{run_dir} is being trained by another process{holder}; "
+                f"{run_dir} is being trained by another process{f' (pid {pid})' if pid else ''}; "
                 "wait for it to end, or stop it (Ctrl-C or kill PID saves last.pt) and resume then"
             ) from None
         except OSError as err:  # a file system without locks (some network mounts): go on unlocked
             f.close()
             print(f"note: cannot lock {self.path} ({err.strerror or err}); do not resume it twice", file=sys.stderr)
             return
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
         self._file = f
 
     def release(self) -> None:
@@ -109,6 +104,21 @@ class RunLock:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _flock_holder(path: Path) -> int | None:
+    """The pid holding a ``flock`` on ``path``, read from ``/proc/locks`` (Linux); ``None`` if unknown."""
+    try:
+        st = os.stat(path)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 12345 fe:00:2146372 0 EOF" (waiters: "1: -> FLOCK ...")
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == file_id and fields[4].isdigit():
+            return int(fields[4])
+    return None
 
 
 def remove_leftover_temp_files(run_dir: Path) -> list[Path]:

@@ -22,15 +22,17 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..optim import SGD
 from .config import TrainConfig
 
 
 def build_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD (``w ← w − η ∂ℓ/∂w``, with momentum/Nesterov/weight decay as configured) or Adam."""
+    """Our SGD (``w ← w − η ∂ℓ/∂w``, with momentum/Nesterov/weight decay as configured; see
+    :mod:`mlp_torch.optim`) or ``torch.optim.Adam``."""
     assert config.lr is not None, "TrainConfig resolves lr in __post_init__"
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
+    return SGD(
         params,
         lr=config.lr,
         momentum=config.momentum,

@@ -125,7 +125,7 @@ class Trainer:
             self.lock, ckpt = open_for_resume(self.run_dir, config.epochs)
         self.device = select_device(config.device)
         set_seed(config.seed)
-        self.data: DataBundle = load_data(config.data)
+        self.data: DataBundle = load_data(config.data, allow_download=resume is None)  # a resume never downloads
         if ckpt is not None:
             check_same_data(self.run_dir, ckpt, self.data)
         self.standardizer = Standardizer.fit(self.data.train.x)

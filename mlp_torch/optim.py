@@ -1,0 +1,143 @@
+"""The lecture's SGD update, written out, with the refinements the trainer offers.
+
+For every parameter ``w`` with gradient ``g = ∂ℓ/∂w``, learning rate ``η``, momentum ``μ``,
+dampening ``τ`` and weight decay ``λ`` (the definitions of ``torch.optim.SGD``):
+
+    g ← g + λ w                       weight decay: the gradient of ℓ + (λ/2) ‖w‖²
+    b ← μ b + (1 − τ) g               momentum buffer; on the first step b ← g
+    g ← g + μ b    (Nesterov)         look ahead along the buffer
+    g ← b          (otherwise)
+    w ← w − η g                       the lecture's step  w ← w − η ∂ℓ/∂w
+
+With ``μ = λ = 0`` only the last line remains. :func:`sgd_step` applies it to one parameter;
+:class:`SGD` is a ``torch.optim.Optimizer`` whose ``step()`` calls it, so learning-rate schedulers,
+``state_dict()`` and checkpoints work as with ``torch.optim.SGD`` (the state is the same
+``momentum_buffer`` per parameter, so either optimizer loads the other's state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, overload
+
+import torch
+from torch import Tensor
+
+__all__ = ["SGD", "sgd_step"]
+
+
+def sgd_step(
+    w: Tensor,
+    g: Tensor,
+    b: Tensor | None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> Tensor | None:
+    """Update ``w`` in place by one SGD step (module docstring); ``g`` is not modified.
+
+    The same operations in the same order as ``torch.optim.SGD``'s single-tensor path, so the
+    results are bitwise equal to it.
+
+    Args:
+        w: the parameter, updated in place.
+        g: its gradient ``∂ℓ/∂w``.
+        b: the momentum buffer from the previous step, ``None`` on the first (or without momentum).
+        lr: learning rate ``η``.
+        momentum: ``μ``; 0 is plain SGD.
+        dampening: ``τ``.
+        nesterov: use Nesterov momentum (needs ``μ > 0`` and ``τ = 0``).
+        weight_decay: ``λ``.
+
+    Returns:
+        The momentum buffer to pass to the next step (``None`` without momentum).
+    """
+    if weight_decay != 0:
+        g = g.add(w, alpha=weight_decay)  # g ← g + λ w
+    if momentum != 0:
+        if b is None:
+            b = g.clone()  # b ← g on the first step
+        else:
+            b.mul_(momentum).add_(g, alpha=1 - dampening)  # b ← μ b + (1 − τ) g
+        g = g.add(b, alpha=momentum) if nesterov else b  # g ← g + μ b (Nesterov), else g ← b
+    w.add_(g, alpha=-lr)  # w ← w − η g
+    return b
+
+
+class SGD(torch.optim.Optimizer):
+    """Stochastic gradient descent whose ``step()`` is :func:`sgd_step` on every parameter.
+
+    Args:
+        params: parameters (or parameter groups) to optimise.
+        lr: learning rate ``η``.
+        momentum: ``μ`` (default 0: plain SGD).
+        dampening: ``τ`` (default 0).
+        weight_decay: ``λ`` (default 0).
+        nesterov: Nesterov momentum (default False).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"momentum must be >= 0, got {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+        }
+        super().__init__(params, defaults)
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One :func:`sgd_step` for every parameter that has a gradient.
+
+        Args:
+            closure: optionally re-evaluates the model and returns the loss (as in ``torch.optim``).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                # with momentum, the state holds its buffer (as torch.optim.SGD's does)
+                with_momentum = group["momentum"] != 0
+                b = sgd_step(
+                    w,
+                    w.grad,
+                    self.state[w].get("momentum_buffer") if with_momentum else None,
+                    lr=group["lr"],
+                    momentum=group["momentum"],
+                    dampening=group["dampening"],
+                    nesterov=group["nesterov"],
+                    weight_decay=group["weight_decay"],
+                )
+                if with_momentum:
+                    self.state[w]["momentum_buffer"] = b
+        return loss
