@@ -41,3 +41,15 @@ class DivergenceError(MlpTorchError):
     """Training produced a non-finite loss or gradient."""
 
     exit_code = 1
+
+
+class WriteError(MlpTorchError):
+    """A file of a run could not be written (full disk, file-size limit, permissions): the message names it."""
+
+    exit_code = 1
+
+
+class RunInUseError(MlpTorchError):
+    """Another process is training the run directory that was asked for."""
+
+    exit_code = 1

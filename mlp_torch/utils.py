@@ -1,9 +1,11 @@
-"""Small helpers shared by every layer: choosing the device once, seeding once, writing files whole."""
+"""Small helpers shared by every layer: choosing the device once, seeding once, writing files whole,
+printing to a reader that may go away."""
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +17,14 @@ import torch
 from .errors import UsageError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+SEED_LIMIT = 2**64  # torch.manual_seed takes a 64-bit seed
 
 
 def select_device(name: str = "auto") -> torch.device:
     """Resolve ``auto`` to cuda, then mps, then cpu; refuse a device that is not there.
+
+    PyTorch has one CPU device: ``cpu:N`` is accepted and means ``cpu`` (``torch.load`` cannot map
+    tensors to ``cpu:1``, so the index must not travel any further).
 
     Args:
         name: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -40,15 +46,61 @@ def select_device(name: str = "auto") -> torch.device:
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was asked for but MPS is not available; use --device cpu or auto")
-    elif device.type not in ("cpu", "cuda", "mps"):
+    elif device.type == "cpu":
+        return torch.device("cpu")
+    elif device.type not in ("cuda", "mps"):
         raise UsageError(f"unsupported device {name!r}; use one of {', '.join(DEVICE_CHOICES)}")
     return device
 
 
+def check_seed(seed: object, flag: str = "--seed") -> None:
+    """Raise :class:`UsageError` unless ``seed`` is an integer that PyTorch's generators accept.
+
+    Args:
+        seed: the value to check.
+        flag: how the message names it.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"{flag} must be an integer from 0 to 2**64 - 1, got {seed!r}")
+
+
 def set_seed(seed: int) -> None:
-    """Seed Python's and PyTorch's generators (CPU and every CUDA device) in one place."""
+    """Seed Python's and PyTorch's generators (CPU and every CUDA device) in one place.
+
+    Raises:
+        UsageError: ``seed`` is negative or does not fit in 64 bits.
+    """
+    check_seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def print_line(text: str) -> None:
+    """Print ``text`` to standard output, flushed, and carry on if nobody reads it any more.
+
+    When the reader has gone (``mlp-torch train | head -1``: a broken pipe; a closed terminal after
+    SIGHUP: an I/O error), the lost line is dropped and standard output is pointed at
+    :data:`os.devnull`, as command-line tools do, so that the work (training, writing its files)
+    finishes and the exit flush raises nothing.
+    """
+    try:
+        print(text, flush=True)
+    except OSError:  # BrokenPipeError, or EIO from a terminal that hung up
+        stdout_to_devnull()
+
+
+def stdout_to_devnull() -> None:
+    """Send whatever standard output still holds, and everything after, to :data:`os.devnull`."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (a test's capture): nothing to redirect
+        pass
+    finally:
+        os.close(devnull)
+
+
+TEMP_SUFFIX = ".tmp"
 
 
 @contextmanager
@@ -63,7 +115,7 @@ def atomic_write(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         mode: permission bits of the finished file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -75,6 +127,15 @@ def atomic_write(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def leftover_temp_files(folder: Path) -> list[Path]:
+    """Temporary files of :func:`atomic_write` in ``folder`` (``.<name>.<random>.tmp``).
+
+    A process killed while saving (SIGKILL, a power cut) leaves one behind; while no writer is
+    running in ``folder`` they are garbage.
+    """
+    return sorted(p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file())
 
 
 def _fsync_dir(folder: Path) -> None:

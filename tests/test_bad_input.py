@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,36 @@ CASES = {
         "is a folder without checkpoints/best.pt",
     ),
     "unknown split": (["eval", "{run}", "--split", "holdout"], "invalid choice: 'holdout'"),
+    # numbers PyTorch or the schedule cannot take
+    "seed beyond 64 bits": (["train", *SYNTH, "--seed", str(2**70)], "--seed must be an integer from 0 to 2**64 - 1"),
+    "negative seed": (["train", *SYNTH, "--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1, got -1"),
+    "seed beyond 64 bits for data": (["data", "--dataset", "synthetic", "--seed", str(2**64)], "--seed must be"),
+    "seed beyond 64 bits for gradcheck": (["gradcheck", "--seed", str(2**70)], "--seed must be an integer"),
+    "nan warm-up": (
+        ["train", *SYNTH, "--warmup-epochs", "nan"],
+        "--warmup-epochs must be a finite number ≥ 0, got nan",
+    ),
+    "val fraction leaving no training image": (
+        ["train", *SYNTH, "--val-fraction", "0.9999"],
+        "no training images left for class(es) class0, class1, class2; lower --val-fraction (0.9999 now)",
+    ),
+    "300-character name": (["train", *SYNTH, "--name", "n" * 300], "--name is 300 bytes long; a run directory"),
+    # --json: checked as the command line is parsed, before any data are loaded
+    "json into a missing folder (eval)": (
+        ["eval", "{run}", "--json", "{root}/nowhere/out.json"],
+        "argument --json: the folder {root}/nowhere of {root}/nowhere/out.json does not exist",
+    ),
+    "json into a missing folder (predict)": (
+        ["predict", "{run}", "{root}/broken.png", "--json", "{root}/nowhere/p.json"],
+        "argument --json: the folder {root}/nowhere of",
+    ),
+    "json into a missing folder (compare)": (["compare", "--json", "{root}/nowhere/c.json"], "does not exist"),
+    "json into a missing folder (bench)": (["bench", "--json", "{root}/nowhere/b.json"], "does not exist"),
+    "json path is a folder (data)": (
+        ["data", "--dataset", "synthetic", "--json", "{root}/empty"],
+        "argument --json: {root}/empty is a folder; name a file in it",
+    ),
+    "json under a file (eval)": (["eval", "{run}", "--json", "{root}/broken.png/x.json"], "is a file, not a folder"),
 }
 
 
@@ -169,3 +200,25 @@ def test_bad_flags_exit_2_without_a_traceback_as_a_process(world):
         assert proc.returncode == 2
         (line,) = proc.stderr.strip().splitlines()
         assert line.startswith("mlp-torch train: error: ") and phrase in line
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+def test_an_unusable_runs_dir_is_one_line_exit_2_before_any_data_are_loaded(world, tmp_path, capsys, where):
+    blocker = tmp_path / "runs.txt"
+    blocker.write_text("a file where the runs should go")
+    if where == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root may write into a read-only folder")
+        runs = tmp_path / "ro"
+        runs.mkdir(mode=0o555)
+        phrase = f"no permission to create folders in {runs}"
+    else:
+        runs = blocker if where == "a file" else blocker / "runs"
+        phrase = f"{blocker} is a file, not a folder"
+    # data that do not exist: refusing the runs dir first proves no data were looked at
+    argv = ["train", "--dataset", "folder", "--data-root", str(world["root"] / "nowhere"), "--runs-dir", str(runs)]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"mlp-torch train: error: --runs-dir {runs}: ") and phrase in line, line
+    assert blocker.read_text() == "a file where the runs should go"

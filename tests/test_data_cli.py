@@ -12,7 +12,7 @@ from mlp_torch.data import add_data_arguments, data_options_from_args
 
 
 def test_data_command_prints_counts_and_writes_json(tmp_path, capsys):
-    out = tmp_path / "sub" / "out.json"
+    out = tmp_path / "out.json"
     assert (
         main(["data", "--dataset", "synthetic", "--classes", "x, y", "--val-fraction", "0.2", "--json", str(out)]) == 0
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import shlex
 import subprocess
 import sys
 from collections import OrderedDict
@@ -270,3 +272,164 @@ def test_eval_of_a_file_that_is_not_a_checkpoint_fails_cleanly_as_a_process(tmp_
     assert line.startswith(
         f"mlp-torch eval: error: {text} is not a readable mlp_torch checkpoint: it is not a PyTorch checkpoint file ("
     )  # then the exception torch raised
+
+
+# ------------------------------------------------------------- full disk, file-size limits (item 8)
+
+
+def file_size_limit(limit: int):
+    """A ``preexec_fn``: every file the child writes may grow to ``limit`` bytes, then write() fails with EFBIG."""
+
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the default action kills the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_checkpoint_that_does_not_fit_is_one_line_exit_1_and_earlier_checkpoints_stay(tmp_path):
+    # an MLP 192-256-3 and its momentum: checkpoints of about 400 KB; config.json and metrics.json: 3 KB
+    run_dir = Path(train(tiny_config(tmp_path, hidden=[256]), stop_after_epochs=1)["run_dir"])
+    saved = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+    assert min(map(len, saved.values())) > 300_000
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlp_torch", "train", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(100_000),
+    )
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # no traceback, no thread report
+    assert re.fullmatch(
+        rf"mlp-torch train: error: cannot write {re.escape(str(run_dir))}/checkpoints/(best|last)\.pt: "
+        r"File too large; the checkpoints saved before are intact",
+        line,
+    ), line
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == saved
+    assert not list(run_dir.rglob("*.tmp"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == line.removeprefix("mlp-torch train: error: ")
+    load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def test_a_failing_tensorboard_write_is_one_line_exit_1_with_metrics_failed(tmp_path, monkeypatch, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "add_histogram", full)
+    runs = tmp_path / "runs"
+    argv = ["train", "--dataset", "synthetic", "--image-size", "8", "--hidden", "8", "--epochs", "2"]
+    assert main([*argv, "--no-cache", "--device", "cpu", "--no-progress", "--runs-dir", str(runs)]) == 1
+    (run_dir,) = runs.iterdir()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"mlp-torch train: error: cannot write the TensorBoard log in {run_dir}: No space left on device"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "TensorBoard" in metrics["error"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_tensorboards_writer_thread_failing_is_reported_once_without_its_traceback(tmp_path):
+    script = (
+        "import sys\n"
+        "from mlp_torch.errors import WriteError\n"
+        "from mlp_torch.training.tensorboard import RunLogger\n"
+        "log = RunLogger(sys.argv[1])\n"
+        "try:\n"
+        "    for i in range(5000):\n"
+        "        log.scalars({'loss/train': float(i)}, i)\n"
+        "    log.close()\n"
+        "except WriteError as err:\n"
+        "    print(err)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(20_000),
+    )
+    assert proc.returncode == 0
+    assert proc.stdout == f"cannot write the TensorBoard log in {tmp_path}: File too large\n"
+    assert proc.stderr == "", "the writer thread's own traceback is not printed"
+
+
+# -------------------------------------------------------------------------- an lr beyond float32 (item 12)
+
+
+def test_adam_with_an_lr_beyond_float32_stops_with_the_divergence_message(tmp_path, capsys):
+    argv = ["train", "--dataset", "synthetic", "--image-size", "8", "--hidden", "8", "--no-cache", "--device", "cpu"]
+    assert main([*argv, "--no-progress", "--optimizer", "adam", "--lr", "1e39", "--runs-dir", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mlp-torch train: error: training diverged at epoch 1, step 1 (global step 1): ")
+    assert "the update overflows float32" in line and "Lower the learning rate" in line
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
+
+
+# --------------------------------------------------------------------------- pipes and logs (item 9)
+
+SMALL_TRAIN = (
+    "--dataset synthetic --image-size 8 --hidden 8 --batch-size 512 --no-cache --device cpu --histogram-every 0"
+)
+
+
+def test_train_piped_into_head_trains_to_the_end_and_writes_every_file(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = tmp_path / "runs"
+    command = f"{shlex.quote(sys.executable)} -m mlp_torch train {SMALL_TRAIN} --epochs 2 --runs-dir {runs}"
+    proc = subprocess.run(
+        ["bash", "-c", f"{command} --name piped | head -1"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("epoch 1/2 ") and proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "Exception" not in proc.stderr, proc.stderr
+    assert "\r" not in proc.stderr, "stderr is not a terminal: no progress-bar frames"
+    (run_dir,) = runs.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["history"]) == 2
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert "_hparams_/session_end_info" in events.PluginTagToContent("hparams")
+
+
+def test_eval_whose_reader_is_gone_exits_141_quietly(good_run):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlp_torch", "eval", str(good_run), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # no reader: the first write gets EPIPE
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, stderr
+    assert stderr == ""
+
+
+def test_a_progress_bar_only_on_a_terminal_unless_asked_for(tmp_path, capsys):
+    default = TrainConfig().progress
+    train(tiny_config(tmp_path / "auto", epochs=1, progress=default))  # capsys' stderr is not a terminal
+    assert "\r" not in capsys.readouterr().err
+    train(tiny_config(tmp_path / "forced", epochs=1, progress=True))
+    assert "epoch 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "data", "compare"])
+def test_json_dash_writes_clean_json_to_stdout_and_the_report_to_stderr(good_run, capsys, command):
+    argv = {
+        "eval": ["eval", str(good_run), "--device", "cpu"],
+        "data": ["data", "--dataset", "synthetic", "--image-size", "8", "--no-cache"],
+        "compare": ["compare", "--dataset", "synthetic", "--image-size", "4", "--hidden", "4", "--fd-samples", "1"],
+    }[command]
+    assert main([*argv, "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    value = json.loads(captured.out)
+    assert {"eval": "accuracy", "data": "splits", "compare": "rows"}[command] in value
+    assert captured.err.strip(), "the human-readable report went to stderr"

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM sent to a real ``mlp-torch train`` process: save, say how to resume, resume exactly."""
+"""Ctrl-C, SIGTERM and SIGHUP sent to a real ``mlp-torch train`` process: save, say how to resume, resume exactly."""
 
 from __future__ import annotations
 
@@ -73,12 +73,20 @@ def model_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model_state"]
 
 
-@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_saves_last_pt_prints_the_resume_command_and_resume_continues(tmp_path, signum, exit_code):
+@pytest.mark.parametrize(
+    "signum, exit_code",
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (getattr(signal, "SIGHUP", None), 129)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],  # SIGHUP: a closed terminal or a dropped ssh session
+)
+def test_a_signal_saves_last_pt_prints_the_resume_command_and_resume_continues(tmp_path, capsys, signum, exit_code):
     runs = tmp_path / "runs"
     proc, out, err = start_training(runs, tmp_path)
     try:
         run_dir = wait_for_first_checkpoint(proc, runs, err)
+        # while it trains, a second process may not resume it
+        assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"{run_dir} is being trained by another process (pid {proc.pid})" in line
         proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:

@@ -101,7 +101,7 @@ def test_histograms_images_and_text(run):
     (text,) = events.Tensors("config/text_summary")
     body = text.tensor_proto.string_val[0].decode()
     assert body.startswith("```json\n") and body.endswith("\n```")
-    assert json.loads(body[len("```json\n") : -len("\n```")]) == config.to_dict()
+    assert json.loads(body[len("```json\n") : -len("\n```")]) == config.with_absolute_paths().to_dict()
 
 
 def test_weight_templates_are_the_min_max_scaled_first_layer_rows(run):

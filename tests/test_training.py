@@ -147,9 +147,10 @@ def test_config_json_records_everything_and_round_trips(api_run):
     assert {"mlp_torch", "torchvision", "tensorboard", "python"} <= set(saved["versions"])
     assert saved["data"]["classes"] == ["class0", "class1", "class2"]
     rebuilt = TrainConfig.from_dict(saved["config"])
-    assert rebuilt == config
+    assert rebuilt == config.with_absolute_paths()  # so that the run means the same from any folder
+    assert rebuilt.data.data_root.is_absolute() and rebuilt.runs_dir.is_absolute()
     assert rebuilt.to_dict() == saved["config"]
-    assert load_run_config(run_dir) == config
+    assert load_run_config(run_dir) == rebuilt
 
 
 def test_from_dict_rejects_unknown_keys(api_run):
@@ -239,8 +240,8 @@ def test_adam_and_step_schedule_train(tmp_path):
             histogram_every=0,
         )
     )
-    lrs = [h["lr"] for h in metrics["history"]]
-    assert lrs == pytest.approx([0.005, 0.0025]), "step decay halves η after each epoch"
+    lrs = [h["lr"] for h in metrics["history"]]  # the rate each epoch's steps used (its last step's)
+    assert lrs == pytest.approx([0.01, 0.005]), "step decay halves η after each epoch"
 
 
 # ---------------------------------------------------------------- resume, bit for bit
@@ -455,7 +456,7 @@ def test_help_shows_every_default(monkeypatch, capsys):
         "--name": "",
         "--check-grads-every": d.check_grads_every,
         "--histogram-every": d.histogram_every,
-        "--progress": d.progress,
+        "--progress": "only when stderr is a terminal",
         "--dataset": "cifar",
         "--balance": "none",
     }
@@ -506,3 +507,83 @@ def test_default_learning_rate_depends_on_the_model():
     assert TrainConfig(model="softmax", lr=0.3).lr == 0.3
     saved = TrainConfig(model="softmax").to_dict()
     assert saved["lr"] == 0.001 and TrainConfig.from_dict(saved).lr == 0.001
+
+
+# ---------------------------------------------------------------- without a validation split (item 4)
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept_and_eval_of_val_is_refused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(cli_args(runs, "--val-fraction", "0", "--histogram-every", "1")) == 0
+    captured = capsys.readouterr()
+    assert "no validation split (--val-fraction 0 holds out no image): the last epoch's model is kept" in captured.err
+    assert "no val split" in captured.out and "last checkpoint (epoch 2; no validation split" in captured.out
+    run_dir = only_run_dir(runs)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["selected_by"] == "last_epoch"
+    assert metrics["best_epoch"] == 2 and metrics["best_val_accuracy"] is None
+    assert all(h["val_loss"] is None and h["val_accuracy"] is None for h in metrics["history"])
+    best, last = (load_checkpoint(run_dir / "checkpoints" / n) for n in ("best.pt", "last.pt"))
+    assert best["epoch"] == last["epoch"] == 2
+    for name in best["model_state"]:
+        assert torch.equal(best["model_state"][name], last["model_state"][name])
+
+    assert main(["eval", str(run_dir), "--split", "val", "--device", "cpu"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mlp-torch eval: error: the val split of ") and "--val-fraction 0" in line
+    assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
+
+
+def test_a_class_too_small_for_validation_trains_and_says_so(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for split, counts in (("train", {"big": 20, "small": 4}), ("test", {"big": 2, "small": 2})):
+        for name, n in counts.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (10 * i, 200 if name == "big" else 0, 0)).save(
+                    root / split / name / f"{i}.png"
+                )
+    data = DataOptions(dataset="folder", data_root=root, image_size=8, cache=False)
+    metrics = train(tiny_config(tmp_path / "runs", data=data, epochs=1, histogram_every=0))
+    assert metrics["status"] == "completed" and metrics["selected_by"] == "val_balanced_accuracy"
+    assert "class(es) small have no validation images" in capsys.readouterr().err
+    assert 0 <= metrics["best_val_balanced_accuracy"] <= 1
+
+
+# ---------------------------------------------------------------- devices and paths (items 5, 11)
+
+
+def test_cpu_with_an_index_trains_and_reads_its_own_checkpoints(tmp_path, capsys):
+    from mlp_torch.utils import select_device
+
+    assert select_device("cpu:1") == torch.device("cpu")  # PyTorch has one CPU device
+    runs = tmp_path / "runs"
+    assert main([*cli_args(runs, "--epochs", "1"), "--device", "cpu:1"]) == 0
+    run_dir = only_run_dir(runs)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--device", "cpu:1"]) == 0
+    assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--device", "cpu:1"]) == 0
+
+
+def test_a_run_made_with_relative_paths_is_evaluated_from_another_folder(tmp_path, monkeypatch):
+    from PIL import Image
+
+    work = tmp_path / "project"
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (work / "data" / split / name).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (8, 8), (40 * i, 0, 255 if name == "b" else 0)).save(
+                    work / "data" / split / name / f"{i}.png"
+                )
+    monkeypatch.chdir(work)
+    args = ["train", "--dataset", "folder", "--data-root", "data", "--runs-dir", "runs", "--no-cache"]
+    assert main([*args, "--image-size", "8", "--hidden", "4", "--epochs", "1", "--device", "cpu", "--no-progress"]) == 0
+    run_dir = only_run_dir(work / "runs")
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    assert saved["runs_dir"] == str(work / "runs") and saved["data"]["data_root"] == str(work / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(run_dir), "--device", "cpu"]) == 0

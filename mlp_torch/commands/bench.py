@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 from ..data.options import add_data_arguments, data_options_from_args
+from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: Any) -> None:
@@ -40,13 +39,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models, the batch and the data")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help='also write {"device", "torch", "steps": [...], "gemm_efficiency", "data": {...}}',
-    )
+    add_json_argument(parser, '{"device", "torch", "steps": [...], "gemm_efficiency", "data": {...}}')
     add_data_arguments(parser)
     parser.set_defaults(dataset="synthetic", func=run)
 
@@ -77,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
         settings.rounds = {"softmax": 20 * args.rounds, "mlp": args.rounds}
     bundle = load_data(data_options_from_args(args))
     report = run_benchmark(bundle, device, settings, workers=args.workers, seed=args.seed)
-    print(format_report(report))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report), file=report_stream(args.json))
+    write_json(args.json, report)
     return 0

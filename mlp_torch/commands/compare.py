@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data.options import add_data_arguments, data_options_from_args
 from ..models.options import add_model_arguments, model_kwargs_from_args
+from .json_output import add_json_argument, report_stream, write_json
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -55,13 +54,7 @@ def register(subparsers: Any) -> None:
         "--seed", type=int, default=0, help="seed of the initialisation, the batch and the sampled entries"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu)")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help='also write {"ok": bool, "rows": [{"param", "pair", "max_abs", "max_rel", "ok", ...}]}',
-    )
+    add_json_argument(parser, '{"ok": bool, "rows": [{"param", "pair", "max_abs", "max_rel", "ok", ...}]}')
     parser.set_defaults(func=run)
 
 
@@ -118,9 +111,8 @@ def run(args: argparse.Namespace) -> int:
         finite_differences=dtype == torch.float64 and args.fd_samples > 0,
         seed=args.seed,
     )
-    print(f"{model.config()} on {x.shape[0]} samples of {len(classes)} classes, {args.dtype}, {device}")
-    print(format_report(report))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    out = report_stream(args.json)
+    print(f"{model.config()} on {x.shape[0]} samples of {len(classes)} classes, {args.dtype}, {device}", file=out)
+    print(format_report(report), file=out)
+    write_json(args.json, report.to_dict())
     return 0 if report.ok else 1

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from ..data.options import add_data_arguments, data_options_from_args
+from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,12 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split (and synthetic data)")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help='also write {"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}, '
+    add_json_argument(
+        parser,
+        '{"classes": [...], "splits": {"train": {class: n}, "val": ..., "test": ...}, '
         '"skipped": {"not_images": n, "unreadable": n, "dangling_links": n}} (skipped: image folders only)',
     )
     parser.set_defaults(func=run)
@@ -38,28 +34,23 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_data(data_options_from_args(args))
     counts = bundle.counts()
     width = max(len(c) for c in bundle.classes)
-    print(f"source:     {bundle.source}")
-    print(f"classes:    {', '.join(bundle.classes)} (labels 0..{bundle.num_classes - 1})")
-    print(f"image size: {bundle.image_size}x{bundle.image_size} RGB ({bundle.in_features} features)")
-    if bundle.cache_path is None:
-        print("cache:      none")
-    else:
-        print(f"cache:      {bundle.cache_path} ({'reused' if bundle.cache_hit else 'written'})")
-    print(f"loaded in:  {bundle.load_seconds:.2f} s")
+    lines = [
+        f"source:     {bundle.source}",
+        f"classes:    {', '.join(bundle.classes)} (labels 0..{bundle.num_classes - 1})",
+        f"image size: {bundle.image_size}x{bundle.image_size} RGB ({bundle.in_features} features)",
+        "cache:      none"
+        if bundle.cache_path is None
+        else f"cache:      {bundle.cache_path} ({'reused' if bundle.cache_hit else 'written'})",
+        f"loaded in:  {bundle.load_seconds:.2f} s",
+    ]
     if bundle.skipped:
         skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in bundle.skipped.items() if n)
-        skipped = skipped or "nothing"
-        print(f"skipped:    {skipped}")
-    print(f"{'class':<{width}}  {'train':>7} {'val':>7} {'test':>7}")
+        lines.append(f"skipped:    {skipped or 'nothing'}")
+    lines.append(f"{'class':<{width}}  {'train':>7} {'val':>7} {'test':>7}")
     for name in bundle.classes:
-        print(f"{name:<{width}}  " + " ".join(f"{counts[s][name]:>7}" for s in ("train", "val", "test")))
-    print(f"{'total':<{width}}  " + " ".join(f"{sum(counts[s].values()):>7}" for s in ("train", "val", "test")))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
-            "classes": bundle.classes,
-            "splits": counts,
-            **({"skipped": bundle.skipped} if bundle.skipped else {}),
-        }
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        lines.append(f"{name:<{width}}  " + " ".join(f"{counts[s][name]:>7}" for s in ("train", "val", "test")))
+    lines.append(f"{'total':<{width}}  " + " ".join(f"{sum(counts[s].values()):>7}" for s in ("train", "val", "test")))
+    print("\n".join(lines), file=report_stream(args.json))
+    summary = {"classes": bundle.classes, "splits": counts, **({"skipped": bundle.skipped} if bundle.skipped else {})}
+    write_json(args.json, summary)
     return 0

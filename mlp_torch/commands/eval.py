@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ..cli import HelpFormatter
+from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: Any) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
         help="where decoded datasets are cached (default: $XDG_CACHE_HOME/mlp_torch or ~/.cache/mlp_torch)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the metrics to PATH as JSON")
+    add_json_argument(parser, "the metrics")
     parser.set_defaults(func=run)
 
 
@@ -56,22 +56,19 @@ def run(args: argparse.Namespace) -> int:
             per_class,
             result.confusion_matrix,
             f"{args.split} split, {args.checkpoint}  (loss {result.loss:.4f})",
-        )
+        ),
+        file=report_stream(args.json),
     )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "split": args.split,
-                    "loss": result.loss,
-                    "accuracy": result.accuracy,
-                    "balanced_accuracy": result.balanced_accuracy,
-                    "per_class_accuracy": per_class,
-                    "confusion_matrix": result.confusion_matrix,
-                    "classes": classes,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_json(
+        args.json,
+        {
+            "split": args.split,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            "balanced_accuracy": result.balanced_accuracy,
+            "per_class_accuracy": per_class,
+            "confusion_matrix": result.confusion_matrix,
+            "classes": classes,
+        },
+    )
     return 0

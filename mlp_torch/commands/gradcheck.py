@@ -26,8 +26,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..gradcheck import format_table, run_checks
-    from ..utils import select_device
+    from ..utils import check_seed, select_device
 
+    check_seed(args.seed)
     device = select_device(args.device)
     rows = run_checks(device, seed=args.seed)
     print(format_table(rows))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ..cli import HelpFormatter
+from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: Any) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files (jpg, png, ...)")
     parser.add_argument("--top", type=int, default=3, help="classes to show per image")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the predictions to PATH as JSON")
+    add_json_argument(parser, "the predictions")
     parser.set_defaults(func=run)
 
 
@@ -36,21 +36,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     loaded = load_model(args.checkpoint, select_device(args.device))
     predictions = predict_images(loaded, args.images, args.top)
+    out = report_stream(args.json)
     for path, top in zip(args.images, predictions):
-        print(f"{path}")
+        print(f"{path}", file=out)
         for name, p in top:
-            print(f"  {name:<16} {100 * p:6.2f} %")
+            print(f"  {name:<16} {100 * p:6.2f} %", file=out)
     if loaded.model.kind == "perceptron":
-        print("(a perceptron is not a probabilistic model: these are softmax-normalised scores)")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                [
-                    {"image": str(path), "top": [{"class": n, "probability": p} for n, p in top]}
-                    for path, top in zip(args.images, predictions)
-                ],
-                indent=2,
-            )
-            + "\n"
-        )
+        print("(a perceptron is not a probabilistic model: these are softmax-normalised scores)", file=out)
+    write_json(
+        args.json,
+        [
+            {"image": str(path), "top": [{"class": n, "probability": p} for n, p in top]}
+            for path, top in zip(args.images, predictions)
+        ],
+    )
     return 0

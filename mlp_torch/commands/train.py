@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import INTERRUPTED_EXIT, HelpFormatter
+from ..cli import INTERRUPTED_EXIT, HelpFormatter, typed_options
 from ..data import add_data_arguments, data_options_from_args
 from ..data.saved import LOCATION_KEYS, data_options_from_saved, location_overrides
 from ..models import add_model_arguments
@@ -29,7 +29,12 @@ def register(subparsers: Any) -> None:
             "Train the lecture's classifiers. With no flags: the two-layer sigmoid MLP (3072-512-C)\n"
             "on CIFAR cat/dog/bear with our hand-written autograd Functions (--backend custom), on the\n"
             "best device available. Each run writes config.json, metrics.json, TensorBoard event files\n"
-            "and checkpoints/{best,last}.pt into a new run directory."
+            "and checkpoints/{best,last}.pt into a new run directory.\n\n"
+            "--resume RUN_DIR --epochs N continues a run (interrupted or completed) to N epochs in all.\n"
+            "The learning-rate curve is rebuilt for the new total: the cosine is re-stretched to end at\n"
+            "epoch N, and the run continues from its current step on that curve (warm-up is not repeated),\n"
+            "so a completed run's learning rate, which had decayed to 0, rises again to the curve's value\n"
+            "there. config.json records the new total."
         ),
         formatter_class=HelpFormatter,
     )
@@ -38,7 +43,12 @@ def register(subparsers: Any) -> None:
     add_data_arguments(parser)
     parser.set_defaults(augment_flip=d.data.augment_flip, augment_crop=d.data.augment_crop)
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
+    opt.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="passes over the training split; with --resume the new total, the schedule re-stretched to it",
+    )
     opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd (the lecture's) or adam")
     opt.add_argument(
@@ -81,7 +91,11 @@ def register(subparsers: Any) -> None:
         help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)",
     )
     run.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=d.progress, help="show a progress bar per epoch"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=d.progress,
+        help="a progress bar per epoch on stderr, beside the one line per epoch on stdout "
+        "(default: only when stderr is a terminal)",
     )
     run.add_argument(
         "--resume",
@@ -91,7 +105,7 @@ def register(subparsers: Any) -> None:
         f"(only {', '.join('--' + k for k in RESUMABLE)} may change; --data-root and --cache-dir say where "
         "the data are now; nothing is downloaded)",
     )
-    parser.set_defaults(func=run_train, _parser=parser)
+    parser.set_defaults(func=run_train)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -125,13 +139,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..training import load_run_config, train
+    from ..utils import print_line
 
     if args.resume is None:
         config = config_from_args(args)
         metrics = train(config)
     else:
         config = load_run_config(args.resume)
-        explicit = _explicit_flags(args)
+        explicit = typed_options(args._argv)
         ignored = sorted(explicit - set(RESUMABLE) - set(DATA_LOCATIONS) - {"resume"})
         if ignored:
             print(
@@ -148,20 +163,10 @@ def run_train(args: argparse.Namespace) -> int:
         metrics = train(config, resume=args.resume)
     if metrics["status"] == "interrupted":
         run_dir = Path(metrics["run_dir"])
-        print(
+        print_line(
             f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
             f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}"
         )
         # 128 + the signal's number, as a shell reports a program the signal stopped (SIGTERM: 143)
         return 128 + signal.Signals[metrics["signal"]].value if metrics.get("signal") else INTERRUPTED_EXIT
     return 0
-
-
-def _explicit_flags(args: argparse.Namespace) -> set[str]:
-    """Destinations whose value differs from the parser's default (flags the user typed)."""
-    parser: argparse.ArgumentParser = args._parser
-    return {
-        key
-        for key, value in vars(args).items()
-        if not key.startswith("_") and key not in ("func", "command") and value != parser.get_default(key)
-    }

@@ -7,7 +7,7 @@ train = bundle.train.to(device)                # moved once
 for xb, yb in DeviceBatches(train.x, train.y, 128, std, generator=g): ...
 """
 
-from .bundle import DataBundle, Split, balance_weights, load_data, stratified_split
+from .bundle import DataBundle, Split, balance_weights, describe_data_change, load_data, stratified_split
 from .loader import DeviceBatches, class_weights, random_crop, random_flip
 from .options import DataOptions, add_data_arguments, data_options_from_args, default_cache_dir
 from .preprocess import Standardizer
@@ -23,6 +23,7 @@ __all__ = [
     "class_weights",
     "data_options_from_args",
     "default_cache_dir",
+    "describe_data_change",
     "load_data",
     "random_crop",
     "random_flip",

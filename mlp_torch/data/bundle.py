@@ -7,10 +7,14 @@ The split is cheap and is redone on every load, so it is not part of the cache k
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,6 +70,47 @@ class DataBundle:
     def counts(self) -> dict[str, dict[str, int]]:
         """Per split, per class: how many images (the ``splits`` of ``mlp-torch data --json``)."""
         return {name: dict(zip(self.classes, s.counts(self.num_classes))) for name, s in self.splits().items()}
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the class names and of every image and label of the three splits, in order.
+
+        Content, not file names or dates: a copied or moved data folder keeps its digest; an image
+        added, removed, replaced or relabelled changes it. (About 0.15 s for all of CIFAR-10.)
+        """
+        h = hashlib.sha256(json.dumps([self.classes, self.image_size]).encode())
+        for split in self.splits().values():
+            for t in (split.y, split.x):
+                h.update(t.contiguous().numpy().data)
+        return h.hexdigest()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint records about its data, for :func:`describe_data_change` on resume."""
+        return {"classes": list(self.classes), "counts": self.counts(), "digest": self.digest}
+
+
+def describe_data_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """What differs between two fingerprints (:meth:`DataBundle.fingerprint`), in words; ``None`` if nothing does.
+
+    Args:
+        saved: the fingerprint stored in a checkpoint.
+        now: the fingerprint of the data as they are now.
+    """
+    if saved.get("classes") != now["classes"]:
+        return f"the classes were {', '.join(saved.get('classes') or [])} and are now {', '.join(now['classes'])}"
+    if saved.get("counts") != now["counts"]:
+        old = saved.get("counts") or {}
+        changes = [
+            f"{split} {name} {old.get(split, {}).get(name, 0)} → {n}"
+            for split, per_class in now["counts"].items()
+            for name, n in per_class.items()
+            if old.get(split, {}).get(name, 0) != n
+        ]
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        return f"the number of images changed ({', '.join(changes[:3])}{more})"
+    if saved.get("digest") != now["digest"]:
+        return "the image files changed (same classes and counts, different pixels or labels)"
+    return None
 
 
 def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +225,15 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
     if len(train_y) == 0:
         raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
     train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.seed)
+    left = torch.bincount(train_y[train_idx], minlength=len(classes)).tolist()
+    empty = [name for name, n in zip(classes, left) if n == 0]
+    if empty:
+        total = torch.bincount(train_y, minlength=len(classes)).tolist()
+        held_out = any(total[classes.index(name)] for name in empty)
+        hint = f"; lower --val-fraction ({opts.val_fraction:g} now)" if held_out else ""
+        raise DataError(f"{source}: no training images left for class(es) {', '.join(empty)}{hint}")
+    if len(train_idx) < 2:
+        raise DataError(f"{source} has {len(train_idx)} training image(s) after the split; training needs at least 2")
     return DataBundle(
         classes=classes,
         image_size=opts.image_size,

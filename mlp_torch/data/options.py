@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..utils import check_seed
 
 DATASETS = ("cifar", "folder", "synthetic")
 BALANCE_CHOICES = ("none", "weights", "sample")
@@ -80,6 +81,7 @@ class DataOptions:
             raise UsageError(f"unknown --balance {self.balance!r}; use one of {', '.join(BALANCE_CHOICES)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check_seed(self.seed)
         if not 1 <= self.image_size <= 1024:
             raise UsageError(f"--image-size must be between 1 and 1024 pixels, got {self.image_size}")
         if self.augment_crop < 0 or self.augment_crop >= self.image_size:

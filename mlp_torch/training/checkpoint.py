@@ -3,8 +3,9 @@
 * **Safe to load.** A checkpoint holds only tensors and plain Python types (dicts, lists, str,
   int, float, bool, None) and is read with ``torch.load(weights_only=True)``: opening a file
   from a stranger cannot execute anything.
-* **Atomic.** It is written to a temporary file in the same folder, flushed and fsynced, then
-  renamed over the old one; a crash mid-save leaves the previous checkpoint intact.
+* **Atomic.** It is serialised in memory, written to a temporary file in the same folder, flushed
+  and fsynced, then renamed over the old one; a crash or a full disk mid-save leaves the previous
+  checkpoint intact.
 * **Self-describing.** ``format``/``version`` tell an mlp_torch checkpoint from any other file;
   it carries the model config, class names, image size and normalisation, so ``predict`` needs
   nothing else.
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 from collections import OrderedDict
@@ -44,12 +46,18 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     Raises:
         TypeError: ``payload`` holds something other than tensors and plain types (a bug in the
             caller: ``weights_only=True`` would refuse to load it).
+        OSError: the file could not be written (full disk, file-size limit, permissions), with
+            the system's reason; any previous ``path`` is intact.
     """
     path = Path(path)
     data = {"format": FORMAT, "version": VERSION, **payload}
     _check_plain(data, "checkpoint")  # before touching the disk: never write a file that cannot be loaded
+    # In memory first: torch.save writing to a full disk raises a RuntimeError that does not say why
+    # ("unexpected pos 704 vs 598"); a plain write raises OSError with the reason (ENOSPC, EFBIG).
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
     with atomic_write(path, mode=0o600) as f:  # private, as mkstemp made checkpoints before
-        torch.save(data, f)
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

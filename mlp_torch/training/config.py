@@ -1,13 +1,18 @@
 """The run configuration: one typed dataclass, built from the command line, saved as ``config.json``.
 
 Every number that changes a run's result lives here, so ``config.json`` alone rebuilds the run
-(``--resume`` reads it back). Unknown keys are errors, never silently ignored.
+(``--resume`` reads it back). Unknown keys and values of the wrong type are errors, never silently
+ignored or carried into the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,8 @@ from typing import Any
 from ..data import DataOptions
 from ..errors import UsageError
 from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS
+from ..utils import check_seed
+from .rundir import MAX_NAME_BYTES
 
 OPTIMIZERS = ("sgd", "adam")
 # A linear model on 3072 standardised inputs moves its logits by about η·‖x‖² ≈ 3000 η per
@@ -56,7 +63,7 @@ class TrainConfig:
     name: str = ""
     check_grads_every: int = 0  # steps; 0 = off
     histogram_every: int = 1  # epochs between histograms / weight images; 0 = off
-    progress: bool = True
+    progress: bool | None = None  # a progress bar per epoch; None: when stderr is a terminal
     data: DataOptions = field(default_factory=lambda: DataOptions(augment_flip=True, augment_crop=2))
 
     def __post_init__(self) -> None:
@@ -89,12 +96,18 @@ class TrainConfig:
             raise UsageError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
         if not 0 < self.gamma <= 1:
             raise UsageError(f"--gamma must be in (0, 1], got {self.gamma}")
-        if self.warmup_epochs < 0:
-            raise UsageError(f"--warmup-epochs must be ≥ 0, got {self.warmup_epochs}")
+        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
+            raise UsageError(f"--warmup-epochs must be a finite number ≥ 0, got {self.warmup_epochs}")
         if self.check_grads_every < 0 or self.histogram_every < 0:
             raise UsageError("--check-grads-every and --histogram-every must be ≥ 0 (0 turns them off)")
-        if self.name and any(c in self.name for c in "/\\") or self.name in (".", ".."):
+        check_seed(self.seed)
+        if self.name and any(c in self.name for c in "/\\\0") or self.name in (".", ".."):
             raise UsageError(f"--name {self.name!r} must be a plain name, without path separators")
+        if len(self.name.encode()) > MAX_NAME_BYTES:
+            raise UsageError(
+                f"--name is {len(self.name.encode())} bytes long; a run directory's name holds at most "
+                f"{MAX_NAME_BYTES} beside its date-time stamp"
+            )
 
     @property
     def run_name(self) -> str:
@@ -102,8 +115,24 @@ class TrainConfig:
         if self.name:
             return self.name
         if self.model == "mlp":
-            return f"mlp{'x'.join(map(str, self.hidden)) or '0'}-{self.activation}-{self.backend}"
+            name = f"mlp{'x'.join(map(str, self.hidden)) or '0'}-{self.activation}-{self.backend}"
+            if len(name) > MAX_NAME_BYTES:  # a very deep net: its depth, not every width
+                name = f"mlp{len(self.hidden)}layers-{self.activation}-{self.backend}"
+            return name
         return f"{self.model}-{self.backend}"
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """This config with ``runs_dir``, ``data.data_root`` and ``data.cache_dir`` absolute.
+
+        A run saves this form, so its ``config.json`` means the same data from any current folder
+        (``mlp-torch eval runs/x`` from elsewhere, ``--resume`` from a script).
+        """
+        data = dataclasses.replace(
+            self.data,
+            data_root=_absolute(self.data.data_root),
+            cache_dir=None if self.data.cache_dir is None else _absolute(self.data.cache_dir),
+        )
+        return dataclasses.replace(self, runs_dir=_absolute(self.runs_dir), data=data)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: paths as strings, the data options as a nested dict."""
@@ -111,12 +140,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """The inverse of :meth:`to_dict`; unknown keys raise :class:`UsageError`.
+        """The inverse of :meth:`to_dict`; unknown keys and wrong types raise :class:`UsageError`.
 
         Args:
             values: as read from ``config.json`` (its ``config`` entry).
         """
-        _reject_unknown("config", values, cls)
+        _check_keys_and_types("config", values, cls)
         return cls(**values)
 
 
@@ -126,16 +155,68 @@ def default_lr(model: str, hidden: list[int]) -> float:
 
 
 def data_options_from_dict(values: dict[str, Any]) -> DataOptions:
-    """Rebuild :class:`DataOptions` from its ``to_dict`` form; unknown keys raise :class:`UsageError`."""
-    _reject_unknown("data options", values, DataOptions)
+    """Rebuild :class:`DataOptions` from its ``to_dict`` form; unknown keys, wrong types: :class:`UsageError`."""
+    _check_keys_and_types("config data", values, DataOptions)
     return DataOptions(**values)
 
 
-def _reject_unknown(what: str, values: dict[str, Any], cls: type) -> None:
+def _check_keys_and_types(what: str, values: Any, cls: type) -> None:
+    """Refuse what a hand-edited ``config.json`` may hold: unknown keys, and values of the wrong JSON type."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{what} must be a JSON object, got {_json_kind(values)}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UsageError(f"unknown {what} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not _has_type(value, hints[key]):
+            raise UsageError(
+                f"{what} key {key!r} must be {_describe(hints[key])}, got {json.dumps(value, default=str)} "
+                f"({_json_kind(value)})"
+            )
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """``isinstance`` for the few annotations a config holds, as JSON spells them (a path is a string)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):  # JSON writes 1.0 as 1.0, but a hand-edited 1 is a fine float
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is Path:
+        return isinstance(value, (str, Path))
+    return isinstance(value, dict) if dataclasses.is_dataclass(hint) else isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if hint is Path:
+        return "a path (a string)"
+    return "an object"
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    kinds = [(bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list")]
+    return next((name for cls, name in kinds if isinstance(value, cls)), "an object")
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,4 +1,8 @@
-"""Ctrl-C and SIGTERM as a polite request: finish the step, save, stop. A second one aborts at once."""
+"""Ctrl-C, SIGTERM and SIGHUP as a polite request: finish the step, save, stop. A second one aborts at once.
+
+SIGHUP is what a closed terminal or a dropped ssh session sends: without a handler it kills the
+run between two checkpoints, losing up to an epoch of work.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,12 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP does not exist on Windows
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class GracefulInterrupt:
-    """Context manager: ``requested`` turns true on the first SIGINT/SIGTERM.
+    """Context manager: ``requested`` turns true on the first SIGINT/SIGTERM/SIGHUP.
 
     The training loop polls ``requested`` after each step. A second signal raises
     ``KeyboardInterrupt`` right away; checkpoints are written atomically, so that cannot corrupt
@@ -29,11 +34,11 @@ class GracefulInterrupt:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        print(
-            f"\n{self.signal_name} received: finishing this step and saving last.pt (send it again to abort at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        message = f"{self.signal_name} received: finishing this step and saving last.pt"
+        try:
+            print(f"\n{message} (send it again to abort at once)", file=sys.stderr, flush=True)
+        except OSError:  # after SIGHUP the terminal may be gone; saving matters more than saying so
+            pass
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():

@@ -5,12 +5,19 @@ and a per-step learning-rate schedule: linear warm-up, then constant, step decay
     constant  η_t = η
     step      η_t = η · γ^⌊epoch / step_size⌋
     cosine    η_t = η · ½ (1 + cos(π · (t − T_w) / (T − T_w)))
+
+T is the total number of steps of ``--epochs``. The schedule is a function of the config and the
+step count alone: a resumed run rebuilds it from its config, so ``--resume --epochs N`` with a new
+N re-stretches the cosine over the new total and continues from the current step on that curve
+(warm-up, long over, is not repeated): from then on the run follows the curve of a run planned for
+N epochs from the start.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -59,3 +66,25 @@ class LRFactor:
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LambdaLR:
     """A scheduler stepped once per optimizer step; its state is just the step count."""
     return LambdaLR(optimizer, LRFactor(config, steps_per_epoch))
+
+
+def restore_scheduler(scheduler: LambdaLR, state: dict[str, Any]) -> None:
+    """Load a saved scheduler's step count, keeping the schedule ``scheduler`` was built with.
+
+    ``LambdaLR.state_dict`` also saves its :class:`LRFactor`'s fields, the old total among them;
+    restored as they are, a run resumed with more epochs would keep the old curve and train its new
+    epochs at η = 0. So the fields built from the current config are put back, and the optimizer's
+    learning rate is set to the current curve's value at the saved step (bit for bit what the saved
+    run had when the total is unchanged).
+
+    Args:
+        scheduler: from :func:`build_scheduler`, its optimizer's state already loaded.
+        state: ``scheduler.state_dict()`` of the saved run.
+    """
+    factors = [vars(f).copy() for f in scheduler.lr_lambdas]
+    scheduler.load_state_dict(state)
+    for f, fields in zip(scheduler.lr_lambdas, factors):
+        vars(f).clear()
+        vars(f).update(fields)
+    for group, base, f in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * f(scheduler.last_epoch)

@@ -5,20 +5,28 @@ backend) → check finiteness → optimizer.step → scheduler.step``. After eac
 validation, log to TensorBoard, save ``last.pt`` (and ``best.pt`` when the balanced validation
 accuracy improves). At the end the best checkpoint is evaluated once on the test split.
 
+Without a validation split (``--val-fraction 0``, or too few images for any to be held out) the
+last epoch's model is kept as the best one, and the run says so.
+
 Safety:
 
-* a non-finite loss or gradient stops training before the optimizer steps (the parameters and
-  every saved checkpoint stay as they were), writes ``metrics.json`` and raises
+* a non-finite loss or gradient, or an update that overflows float32, stops training before the
+  optimizer steps (every saved checkpoint stays as it was), writes ``metrics.json`` and raises
   :class:`DivergenceError`;
-* SIGINT/SIGTERM finish the current step, save ``last.pt`` with the position inside the epoch,
-  and return ``status="interrupted"``; a second signal aborts at once (checkpoints are atomic);
+* SIGINT/SIGTERM/SIGHUP finish the current step, save ``last.pt`` with the position inside the
+  epoch, and return ``status="interrupted"``; a second signal aborts at once (checkpoints are atomic);
+* a file that cannot be written (a full disk, a file-size limit) raises :class:`WriteError` naming
+  it, after ``metrics.json`` says ``status: "failed"`` where the disk still allows; the checkpoints
+  saved before stay intact;
 * ``resume`` restores model, optimizer, scheduler, every random generator and the position in the
-  epoch, so a resumed run on the CPU ends with the same parameters, bit for bit.
+  epoch, so a resumed run on the CPU ends with the same parameters, bit for bit. It refuses data
+  that changed since the checkpoint and a run that another process is training (a lock), and
+  removes the temporary files a killed save left behind.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import sys
 import time
@@ -32,16 +40,17 @@ from torch import Tensor
 
 from ..compare import backend_gradients, errors
 from ..data import DataBundle, DeviceBatches, Standardizer, balance_weights, load_data
-from ..errors import DivergenceError, UsageError
+from ..errors import DivergenceError, WriteError
 from ..models import build_model
-from ..utils import atomic_write, select_device, set_seed
+from ..utils import print_line, select_device, set_seed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluation import EvalResult, evaluate
 from .interrupt import GracefulInterrupt
 from .report import epoch_line, final_report
-from .rundir import device_name, json_default, make_run_dir, nan_to_none, versions
-from .schedule import build_optimizer, build_scheduler
+from .resume import check_same_data, load_run_config, note, open_for_resume, record_resumed_config
+from .rundir import RunLock, check_runs_dir, device_name, make_run_dir, nan_to_none, versions, write_json
+from .schedule import build_optimizer, build_scheduler, restore_scheduler
 from .tensorboard import RunLogger
 
 __all__ = ["EvalResult", "Trainer", "evaluate", "load_run_config", "make_run_dir", "train"]
@@ -75,7 +84,9 @@ def train(config: TrainConfig, resume: Path | None = None, stop_after_epochs: in
     Args:
         config: the full run configuration.
         resume: a run directory to continue from its ``checkpoints/last.pt``; ``config`` must be
-            that run's (see :func:`load_run_config`), possibly with more ``epochs``.
+            that run's (see :func:`load_run_config`), possibly with another ``epochs`` (at least
+            the epochs done): the learning-rate schedule is rebuilt for the new total (see
+            :mod:`mlp_torch.training.schedule`) and ``config.json`` records it.
         stop_after_epochs: stop (as if interrupted) once this many epochs are complete.
 
     Returns:
@@ -83,37 +94,40 @@ def train(config: TrainConfig, resume: Path | None = None, stop_after_epochs: in
 
     Raises:
         DivergenceError: the loss or a gradient became non-finite (``metrics.json`` says where).
+        WriteError: a checkpoint, ``metrics.json`` or the TensorBoard log could not be written.
+        RunInUseError: another process is training ``resume``.
+        DataError: the data changed since ``resume`` was saved.
     """
     return Trainer(config, resume).run(stop_after_epochs)
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """The :class:`TrainConfig` saved in ``run_dir/config.json``.
-
-    Raises:
-        UsageError: ``run_dir`` is not a run directory.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file() or not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
-        raise UsageError(
-            f"{run_dir} is not a run directory (it needs config.json and checkpoints/last.pt); "
-            f"pass a folder such as runs/<date-time>_<name> made by mlp-torch train"
-        )
-    try:
-        saved = json.loads(path.read_text())
-        return TrainConfig.from_dict(saved["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UsageError(f"{path} is not a valid run config ({err})") from None
 
 
 class Trainer:
     """The state of one run; :func:`train` is its public face."""
 
     def __init__(self, config: TrainConfig, resume: Path | None = None) -> None:
-        self.config = config
+        self.config = config = config.with_absolute_paths()
+        self.lock: RunLock | None = None
+        self.logger: RunLogger | None = None
+        try:
+            self.setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def setup(self, resume: Path | None) -> None:
+        """Everything before the first step: refuse what cannot work before the data are loaded."""
+        config = self.config
+        if resume is None:
+            check_runs_dir(config.runs_dir)
+            ckpt = None
+        else:
+            self.run_dir = Path(resume)
+            self.lock, ckpt = open_for_resume(self.run_dir, config.epochs)
         self.device = select_device(config.device)
         set_seed(config.seed)
         self.data: DataBundle = load_data(config.data, allow_download=resume is None)  # a resume never downloads
+        if ckpt is not None:
+            check_same_data(self.run_dir, ckpt, self.data)
         self.standardizer = Standardizer.fit(self.data.train.x)
         self.model = build_model(
             kind=config.model,
@@ -148,21 +162,68 @@ class Trainer:
         self.best = {"val_balanced_accuracy": -1.0, "val_accuracy": float("nan"), "epoch": 0}
         self.train_seconds = 0.0
         self.progress: EpochProgress | None = None
-        if resume is None:
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the learning rate of the latest step
+        self.has_val = len(self.val_split) > 0
+        if ckpt is None:
             self.run_dir = make_run_dir(config.runs_dir, config.run_name)
+            self.lock = RunLock(self.run_dir)
             self.write_config()
         else:
-            self.run_dir = Path(resume)
-            self.restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            self.restore(ckpt)
+            record_resumed_config(self.run_dir, config, self.epoch)
+        self.note_validation_split()
+        try:
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        except OSError as err:
+            raise WriteError(f"cannot create {self.run_dir / 'checkpoints'}: {err.strerror or err}") from None
         self.logger = RunLogger(self.run_dir)
+
+    def note_validation_split(self) -> None:
+        if not self.has_val:
+            note(
+                "no validation split (--val-fraction "
+                f"{self.config.data.val_fraction:g} holds out no image): the last epoch's model is kept as the best"
+            )
+            return
+        without = [name for name, n in self.data.counts()["val"].items() if n == 0]
+        if without:
+            note(
+                f"class(es) {', '.join(without)} have no validation images (too few to hold any out); "
+                "the validation balanced accuracy averages the other classes"
+            )
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
+        """Train the remaining epochs; always close the TensorBoard log and release the run's lock."""
+        try:
+            metrics = self.train_epochs(stop_after_epochs)
+            self.log.close()  # its last flush may be the write that fails
+            return metrics
+        except WriteError as err:
+            with contextlib.suppress(WriteError):  # where the disk still allows
+                self.write_metrics({"status": "failed", "error": str(err)})
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the TensorBoard log (quietly: a failure was reported already) and release the lock."""
+        if self.logger is not None:
+            with contextlib.suppress(WriteError):
+                self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    @property
+    def log(self) -> RunLogger:
+        assert self.logger is not None, "set up in __init__"
+        return self.logger
+
+    def train_epochs(self, stop_after_epochs: int | None) -> dict[str, Any]:
         cfg = self.config
         if self.epoch == 0 and self.progress is None:
-            self.logger.config(cfg.to_dict())
+            self.log.config(cfg.to_dict())
         status = "completed"
         try:
             with GracefulInterrupt() as interrupt:
@@ -181,16 +242,11 @@ class Trainer:
                         break
         except DivergenceError as err:
             self.write_metrics({"status": "diverged", "error": str(err)})
-            self.logger.close()
             raise
         if status == "interrupted":
             self.save("last.pt")
-            metrics = self.write_metrics({"status": "interrupted", "signal": interrupt.signal_name or None})
-            self.logger.close()
-            return metrics
-        metrics = self.finish()
-        self.logger.close()
-        return metrics
+            return self.write_metrics({"status": "interrupted", "signal": interrupt.signal_name or None})
+        return self.finish()
 
     def train_one_epoch(self, interrupt: GracefulInterrupt) -> bool:
         """Run the rest of the current epoch; ``False`` if a signal stopped it part-way."""
@@ -198,7 +254,8 @@ class Trainer:
         if self.progress is None:
             self.progress = EpochProgress(order=self.batches.epoch_order(), grad_norm_sums=[0.0] * len(model.layers))
         p = self.progress
-        bar = _progress_bar(len(self.batches), p.step, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
+        show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        bar = _progress_bar(len(self.batches), p.step, f"epoch {self.epoch + 1}/{cfg.epochs}", show_bar)
         params = [list(layer.parameters()) for layer in model.layers]
         dtype = next(model.parameters()).dtype
         try:
@@ -219,7 +276,13 @@ class Trainer:
                 )
                 loss_value, correct, *layer_sq = stats.tolist()  # the one sync per step
                 self.check_finite(loss_value, layer_sq, p.step)
-                self.optimizer.step()
+                self.step_lr = self.optimizer.param_groups[0]["lr"]
+                try:
+                    self.optimizer.step()
+                except RuntimeError as err:  # η·update beyond float32 ("value cannot be converted ...")
+                    if "overflow" not in str(err):
+                        raise
+                    raise self.diverged(p.step, [f"the update overflows float32 (lr {self.step_lr:g})"]) from None
                 self.scheduler.step()
                 self.global_step += 1
                 p.step += 1
@@ -250,12 +313,15 @@ class Trainer:
             if not math.isfinite(sq)
         ]
         if bad:
-            last = self.run_dir / "checkpoints" / "last.pt"
-            kept = f"; the last good checkpoint {last} is unchanged" if last.exists() else ""
-            raise DivergenceError(
-                f"training diverged at epoch {self.epoch + 1}, step {step + 1} (global step {self.global_step + 1}): "
-                f"{' and '.join(bad)}. Lower the learning rate (--lr {self.config.lr:g} now) or add warm-up{kept}"
-            )
+            raise self.diverged(step, bad)
+
+    def diverged(self, step: int, reasons: list[str]) -> DivergenceError:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"; the last good checkpoint {last} is unchanged" if last.exists() else ""
+        return DivergenceError(
+            f"training diverged at epoch {self.epoch + 1}, step {step + 1} (global step {self.global_step + 1}): "
+            f"{' and '.join(reasons)}. Lower the learning rate (--lr {self.config.lr:g} now) or add warm-up{kept}"
+        )
 
     def check_gradients(self, xb: Tensor, yb: Tensor) -> None:
         """Compare the model's gradient path with builtin on this batch; log the largest error."""
@@ -267,56 +333,55 @@ class Trainer:
             max_abs, max_rel, scaled = errors(got[name], ref[name])
             worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
             worst_scaled = max(worst_scaled, scaled)
-        self.logger.grad_check(worst_rel, self.global_step)
-        self.logger.writer.add_scalar("grad_check/max_abs_error", worst_abs, self.global_step)
-        # elementwise max_rel is rounding noise in float32 (see mlp_torch.compare); this is the error
-        # `mlp-torch compare` judges float32 gradients by (tolerance TOL_BACKENDS_FLOAT32)
-        self.logger.writer.add_scalar("grad_check/scaled_error", worst_scaled, self.global_step)
+        self.log.grad_check(worst_rel, self.global_step)
+        # elementwise max_rel is rounding noise in float32 (see mlp_torch.compare); scaled_error is the
+        # error `mlp-torch compare` judges float32 gradients by (tolerance TOL_BACKENDS_FLOAT32)
+        errors_now = {"grad_check/max_abs_error": worst_abs, "grad_check/scaled_error": worst_scaled}
+        self.log.scalars(errors_now, self.global_step)
 
     def end_of_epoch(self) -> None:
         cfg, p = self.config, self.progress
         assert p is not None
         self.epoch += 1
-        val = evaluate(self.model, self.val_split.x, self.val_split.y, self.standardizer)
+        val = evaluate(self.model, self.val_split.x, self.val_split.y, self.standardizer) if self.has_val else None
+        nan = float("nan")
         steps = max(len(self.batches), 1)
         record = {
             "epoch": self.epoch,
             "train_loss": p.loss_sum / max(p.seen, 1),
             "train_accuracy": p.correct / max(p.seen, 1),
-            "val_loss": val.loss,
-            "val_accuracy": val.accuracy,
-            "val_balanced_accuracy": val.balanced_accuracy,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "val_loss": nan if val is None else val.loss,
+            "val_accuracy": nan if val is None else val.accuracy,
+            "val_balanced_accuracy": nan if val is None else val.balanced_accuracy,
+            "lr": self.step_lr,  # of the epoch's last step (the scheduler has already moved on)
             "seconds": self.train_seconds,
         }
         self.history.append(record)
         grad_norms = [s / steps for s in p.grad_norm_sums]
         self.progress = None
-        self.logger.scalars(
-            {
-                "loss/train": record["train_loss"],
-                "loss/val": val.loss,
-                "accuracy/train": record["train_accuracy"],
-                "accuracy/val": val.accuracy,
-                "accuracy/val_balanced": val.balanced_accuracy,
-                "lr": record["lr"],
-            },
-            self.epoch,
-        )
-        self.logger.layer_norms(self.model, grad_norms, self.epoch)
+        scalars = {"loss/train": record["train_loss"], "accuracy/train": record["train_accuracy"], "lr": record["lr"]}
+        if val is not None:
+            scalars.update(
+                {"loss/val": val.loss, "accuracy/val": val.accuracy, "accuracy/val_balanced": val.balanced_accuracy}
+            )
+        self.log.scalars(scalars, self.epoch)
+        self.log.layer_norms(self.model, grad_norms, self.epoch)
         if cfg.histogram_every and (self.epoch % cfg.histogram_every == 0 or self.epoch == cfg.epochs):
-            probe = self.standardizer(self.val_split.x[:512]).to(next(self.model.parameters()).dtype)
-            self.logger.histograms(self.model, self.model.hidden_activations(probe), self.epoch)
-            self.logger.templates(self.model.layers[0].weight, self.data.image_size, self.epoch)
-            self.logger.confusion(torch.tensor(val.confusion_matrix), self.epoch)
-        improved = val.balanced_accuracy > self.best["val_balanced_accuracy"]
+            shown = self.train_split if val is None else self.val_split
+            probe = self.standardizer(shown.x[:512]).to(next(self.model.parameters()).dtype)
+            self.log.histograms(self.model, self.model.hidden_activations(probe), self.epoch)
+            self.log.templates(self.model.layers[0].weight, self.data.image_size, self.epoch)
+            if val is not None:
+                self.log.confusion(torch.tensor(val.confusion_matrix), self.epoch)
+        # without a validation split every epoch is "the best so far": the last one is kept
+        improved = val is None or val.balanced_accuracy > self.best["val_balanced_accuracy"]
         if improved:
             self.best = {
-                "val_balanced_accuracy": val.balanced_accuracy,
-                "val_accuracy": val.accuracy,
+                "val_balanced_accuracy": record["val_balanced_accuracy"],
+                "val_accuracy": record["val_accuracy"],
                 "epoch": self.epoch,
             }
-        _write_line(epoch_line(record, cfg.epochs, improved))
+        print_line(epoch_line(record, cfg.epochs, improved and val is not None))
         if improved:
             self.save("best.pt")
         self.save("last.pt")
@@ -337,7 +402,7 @@ class Trainer:
                 "confusion_matrix": result.confusion_matrix,
             }
         )
-        self.logger.confusion(torch.tensor(result.confusion_matrix), self.epoch, tag="confusion/test")
+        self.log.confusion(torch.tensor(result.confusion_matrix), self.epoch, tag="confusion/test")
         hp = {k: v for k, v in self.config.to_dict().items() if k != "data"}
         hp.update(
             {
@@ -346,19 +411,20 @@ class Trainer:
                 "hidden": "-".join(map(str, self.config.hidden)),
             }
         )
-        self.logger.final(
+        self.log.final(
             hp,
             {
                 k: metrics[k]
                 for k in ("test_accuracy", "test_balanced_accuracy", "best_val_accuracy", "best_val_balanced_accuracy")
             },
         )
-        _write_line(final_report(metrics, self.data.classes, self.run_dir))
+        print_line(final_report(metrics, self.data.classes, self.run_dir))
         return metrics
 
     # ------------------------------------------------------------------ files
 
     def write_config(self) -> None:
+        """``config.json``: the config (paths absolute), the command, versions, device and data counts."""
         info = {
             "config": self.config.to_dict(),
             "command": sys.argv,
@@ -370,10 +436,11 @@ class Trainer:
                 "classes": self.data.classes,
                 "counts": self.data.counts(),
                 "image_size": self.data.image_size,
+                "digest": self.data.digest,
             },
             "versions": versions(),
         }
-        (self.run_dir / "config.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_json(self.run_dir / "config.json", info)
 
     def write_metrics(self, extra: dict[str, Any]) -> dict[str, Any]:
         metrics = {
@@ -384,18 +451,26 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "classes": self.data.classes,
             "run_dir": str(self.run_dir),
+            "selected_by": "val_balanced_accuracy" if self.has_val else "last_epoch",
             "history": self.history,
             **extra,
         }
         # strict JSON has no NaN (a class without test images has no accuracy): null instead
-        metrics = nan_to_none(metrics)
-        with atomic_write(self.run_dir / "metrics.json") as f:
-            f.write((json.dumps(metrics, indent=2, allow_nan=False, default=json_default) + "\n").encode())
-        return metrics
+        write_json(self.run_dir / "metrics.json", metrics)
+        return nan_to_none(metrics)
 
     def save(self, name: str) -> None:
+        path = self.run_dir / "checkpoints" / name
+        try:
+            self.write_checkpoint(path)
+        except OSError as err:
+            raise WriteError(
+                f"cannot write {path}: {err.strerror or err}; the checkpoints saved before are intact"
+            ) from None
+
+    def write_checkpoint(self, path: Path) -> None:
         save_checkpoint(
-            self.run_dir / "checkpoints" / name,
+            path,
             {
                 "model_config": self.model.config(),
                 "model_state": self.model.state_dict(),
@@ -416,6 +491,7 @@ class Trainer:
                 "best": dict(self.best),
                 "history": self.history,
                 "train_seconds": self.train_seconds,
+                "data_fingerprint": self.data.fingerprint(),
             },
         )
 
@@ -424,15 +500,14 @@ class Trainer:
         self.standardizer = Standardizer.from_state_dict(ckpt["standardizer"]).to(self.device)
         self.batches.standardizer = self.standardizer
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        restore_scheduler(self.scheduler, ckpt["scheduler"])  # the schedule of this config's --epochs
         if ckpt["rng"].get("data_device", "cpu") == self.device.type:
             self.generator.set_state(ckpt["rng"]["data"])
         else:  # a CPU generator's state means nothing to a CUDA one: continue, but not bit for bit
-            self.generator.manual_seed(self.config.seed + ckpt["global_step"])
-            print(
-                f"note: resuming on {self.device.type} a run saved on {ckpt['rng'].get('data_device')}: "
-                "shuffling continues from a new seed, so the run will not match an uninterrupted one bit for bit",
-                file=sys.stderr,
+            self.generator.manual_seed((self.config.seed + ckpt["global_step"]) % 2**64)
+            note(
+                f"resuming on {self.device.type} a run saved on {ckpt['rng'].get('data_device')}: "
+                "shuffling continues from a new seed, so the run will not match an uninterrupted one bit for bit"
             )
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.global_step = ckpt["epoch"], ckpt["global_step"]
@@ -456,7 +531,3 @@ def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-
-
-def _write_line(text: str) -> None:
-    print(text, flush=True)
