@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 from mlp_torch import functional as mf
-from mlp_torch.models.activations import ACTIVATIONS
+from mlp_torch.models import MLP, LinearSoftmax
+from mlp_torch.models.activations import ACTIVATION_TABLE, ACTIVATIONS
 
 FUSED = {"sigmoid": mf.linear_sigmoid, "tanh": mf.linear_tanh, "relu": mf.linear_relu}
 SINGLE = {"sigmoid": mf.sigmoid, "tanh": mf.tanh, "relu": mf.relu}
@@ -192,3 +193,34 @@ def test_output_layer_bad_input():
         mf.linear_softmax_cross_entropy(x, torch.zeros(4, 5), b, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="x has 2 features but weight expects 3"):
         mf.linear_sigmoid(torch.zeros(2, 2), w, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The models' custom path runs these
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_table_pairs_each_fused_layer_with_its_ops(name):
+    x, w, b = layer_inputs(6, 5, 4, torch.device("cpu"), torch.float32)
+    entry = ACTIVATION_TABLE[name]
+    assert torch.equal(entry.custom_layer(x, w, b), entry.custom(mf.linear(x, w, b)))
+
+
+def test_custom_models_run_one_function_per_layer():
+    x, y = torch.randn(8, 12), torch.randint(0, 3, (8,))
+    mlp = MLP(12, [6, 5], 3, activation="tanh", backend="custom", seed=0)
+    loss = mlp.loss(x, y)
+    node = loss.grad_fn
+    assert type(node).__name__ == "LinearSoftmaxCrossEntropyFunctionBackward"
+    names = []
+    while node is not None and node.next_functions:
+        node = next((f for f, _ in node.next_functions if f is not None and "Linear" in type(f).__name__), None)
+        if node is not None:
+            names.append(type(node).__name__)
+    assert names == ["LinearTanhFunctionBackward", "LinearTanhFunctionBackward"]
+    softmax = LinearSoftmax(12, 3, backend="custom", seed=0)
+    assert type(softmax.loss(x, y).grad_fn).__name__ == "LinearSoftmaxCrossEntropyFunctionBackward"
+    # class weights and probability targets take the general loss on the logits
+    weighted = mlp.loss(x, y, class_weight=torch.ones(3))
+    assert type(weighted.grad_fn).__name__ != "LinearSoftmaxCrossEntropyFunctionBackward"
