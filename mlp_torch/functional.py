@@ -646,6 +646,8 @@ def _check_class_indices(target: Tensor, n: int, num_classes: int) -> None:
     values = torch.func.debug_unwrap(target)
     if values.device.type == "meta":
         return  # no values to read
+    if values.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # a CUDA graph being captured cannot read values back either
     low, high = torch.stack(torch.aminmax(values)).tolist()  # one device read, not two
     if low < 0 or high >= num_classes:
         bad = high if high >= num_classes else low
