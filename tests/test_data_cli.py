@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mlp_torch.cli import main
-from mlp_torch.data import add_data_arguments, data_options_from_args
+from mlp_torch.commands._flags import add_data_arguments, data_options_from_args
 
 
 def test_data_command_prints_counts_and_writes_json(tmp_path, capsys):

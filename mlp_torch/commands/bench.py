@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..data.options import add_data_arguments, data_options_from_args
+from ._common import HelpFormatter
+from ._flags import add_data_arguments, data_options_from_args
 from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import HelpFormatter
-
     parser = subparsers.add_parser(
         "bench",
         help="time the training step of each backend and the data path; --json for the numbers",

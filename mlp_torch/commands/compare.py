@@ -7,16 +7,14 @@ from typing import Any
 
 import torch
 
-from ..data.options import add_data_arguments, data_options_from_args
-from ..models.options import add_model_arguments, model_kwargs_from_args
+from ._common import HelpFormatter
+from ._flags import add_data_arguments, add_model_arguments, data_options_from_args, model_kwargs_from_args
 from .json_output import add_json_argument, report_stream, write_json
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import HelpFormatter
-
     parser = subparsers.add_parser(
         "compare",
         help="compare builtin, custom and manual gradients (and finite differences) on one batch",

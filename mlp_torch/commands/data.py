@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.options import add_data_arguments, data_options_from_args
+from ._common import HelpFormatter
+from ._flags import add_data_arguments, data_options_from_args
 from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import HelpFormatter
-
     parser = subparsers.add_parser(
         "data",
         help="show the dataset a run would use: classes, per-split counts, cache",

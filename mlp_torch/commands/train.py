@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import INTERRUPTED_EXIT, HelpFormatter, typed_options
-from ..data import add_data_arguments, data_options_from_args
 from ..data.saved import LOCATION_KEYS, data_options_from_saved, location_overrides
-from ..models import add_model_arguments
 from ..training.config import DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
+from ._common import INTERRUPTED_EXIT, HelpFormatter
+from ._flags import add_data_arguments, add_model_arguments, data_options_from_args
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
 RESUMABLE = ("epochs", "device", "progress")
@@ -146,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
         metrics = train(config)
     else:
         config = load_run_config(args.resume)
-        explicit = typed_options(args._argv)
+        explicit = args.typed
         ignored = sorted(explicit - set(RESUMABLE) - set(DATA_LOCATIONS) - {"resume"})
         if ignored:
             print(

@@ -9,7 +9,7 @@ for xb, yb in DeviceBatches(train.x, train.y, 128, std, generator=g): ...
 
 from .bundle import DataBundle, Split, balance_weights, describe_data_change, load_data, stratified_split
 from .loader import DeviceBatches, class_weights, random_crop, random_flip
-from .options import DataOptions, add_data_arguments, data_options_from_args, default_cache_dir
+from .options import DataOptions, default_cache_dir
 from .preprocess import Standardizer
 
 __all__ = [
@@ -18,10 +18,8 @@ __all__ = [
     "DeviceBatches",
     "Split",
     "Standardizer",
-    "add_data_arguments",
     "balance_weights",
     "class_weights",
-    "data_options_from_args",
     "default_cache_dir",
     "describe_data_change",
     "load_data",

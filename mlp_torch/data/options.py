@@ -1,14 +1,7 @@
-"""What to load: the typed :class:`DataOptions`, and the data flags shared by every command.
-
-``add_data_arguments(parser)`` adds the flags; ``data_options_from_args(args)`` turns the parsed
-namespace into :class:`DataOptions`. The commands ``data``, ``train``, ``compare`` and ``bench``
-all use the pair, so the flags read the same everywhere.
-"""
+"""What to load: the typed :class:`DataOptions` (its fields are the data flags of every command)."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,90 +95,3 @@ def parse_classes(text: str | None) -> list[str] | None:
     if text is None or not text.strip():
         return None
     return [name.strip() for name in text.split(",")]
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the data flags to a command's parser (``--seed`` is left to the command).
-
-    Args:
-        parser: the subcommand's parser; the flags go into an argument group "data".
-    """
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="cifar",
-        help="cifar: CIFAR-10/100 classes by name; folder: DATA_ROOT/{train,test}/<class>/*; "
-        "synthetic: seeded CIFAR-shaped data, no files needed",
-    )
-    group.add_argument(
-        "--data-root",
-        type=Path,
-        default=Path("data"),
-        help="where the CIFAR archives live (downloaded when missing) or the image folder; ignored by synthetic",
-    )
-    group.add_argument(
-        "--classes",
-        type=parse_classes,
-        default=None,
-        help="comma-separated class names, labelled 0..K-1 in this order "
-        "(default: cat,dog,bear for cifar, every class folder for folder, "
-        "class0,class1,class2 for synthetic)",
-    )
-    group.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="fraction of each class of the official train split held out for validation",
-    )
-    group.add_argument("--image-size", type=int, default=32, help="images are resized to SIZE x SIZE pixels")
-    group.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="where decoded uint8 tensors are cached (default: $XDG_CACHE_HOME/mlp_torch or ~/.cache/mlp_torch)",
-    )
-    group.add_argument(
-        "--no-cache", dest="cache", action="store_false", help="decode the images afresh and write no cache"
-    )
-    group.add_argument(
-        "--balance",
-        choices=BALANCE_CHOICES,
-        default="none",
-        help="for imbalanced classes: weights = inverse-frequency class weights in the loss, "
-        "sample = draw training batches class-balanced",
-    )
-    group.add_argument(
-        "--augment-flip",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="random horizontal flips of training images",
-    )
-    group.add_argument(
-        "--augment-crop",
-        type=int,
-        default=0,
-        metavar="PAD",
-        help="random crops of training images zero-padded by PAD pixels (0 = off)",
-    )
-    for key, env in ENV_OVERRIDES.items():
-        default = _env_default(key)
-        what = "URL" if key.endswith("url") else "md5 sum"
-        archive = "CIFAR-10" if key.startswith("cifar10_") else "CIFAR-100"
-        group.add_argument(
-            f"--{key.replace('_', '-')}",
-            default=default,
-            metavar=what.split()[0].upper(),
-            help=f"{archive} archive {what} (environment: {env})",
-        )
-
-
-def data_options_from_args(args: argparse.Namespace) -> DataOptions:
-    """Build :class:`DataOptions` from a namespace parsed with :func:`add_data_arguments`.
-
-    Args:
-        args: the parsed arguments; every :class:`DataOptions` field found in them is used
-            (``args.seed`` seeds the validation split when the command has ``--seed``).
-    """
-    present = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions) if hasattr(args, f.name)}
-    return DataOptions(**present)
