@@ -1,50 +1,90 @@
-"""The model and data flags shared by ``train``, ``compare``, ``data`` and ``bench``."""
+"""Flags made from the config dataclasses, so that every default is written once: in the field.
+
+Each field of :class:`~mlp_torch.training.TrainConfig` and :class:`~mlp_torch.data.DataOptions`
+is a flag: ``batch_size`` -> ``--batch-size``, its type from the annotation (int, float, str,
+Path; bool as ``--flag/--no-flag``; ``list[int]`` as any number of values; ``X | None``
+as X with ``None`` for "not given"), its default from the dataclass (``--help`` shows it), and
+its help text, choices and metavar from the field's metadata (:func:`mlp_torch.utils.option`).
+A new field is a new flag, with nothing to add here.
+
+Commands take the subsets they need: ``train`` all of them, ``compare`` the model and data
+flags, ``data`` and ``bench`` the data flags. ``--seed`` is each command's own and seeds the
+data too (``DataOptions.seed`` is left out).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..data.options import BALANCE_CHOICES, DATASETS, ENV_OVERRIDES, DataOptions, _env_default, parse_classes
-from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS
+from ..data import DataOptions
+from ..training.config import TrainConfig
+
+MODEL_FIELDS = ("model", "hidden", "activation", "backend")
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataOptions) if f.name != "seed")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, backend: bool = True) -> None:
-    """Add ``--model``, ``--hidden``, ``--activation`` (and ``--backend``) in a group "model".
+def add_fields(group: argparse._ActionsContainer, cls: type, names: Iterable[str], **defaults: Any) -> None:
+    """Add one flag per named field of the dataclass ``cls`` to ``group``.
+
+    Args:
+        group: a parser or an argument group.
+        cls: ``TrainConfig`` or ``DataOptions``.
+        names: the fields to add, in the order ``--help`` lists them.
+        defaults: a command's own default for a field (``compare`` trains nothing, so it defaults
+            to synthetic data); shown by ``--help`` like any other.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        field = fields[name]
+        default = defaults[name] if name in defaults else _default(field)
+        group.add_argument("--" + name.replace("_", "-"), default=default, **_flag(cls, field, hints[name]))
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _flag(cls: type, field: dataclasses.Field, hint: Any) -> dict[str, Any]:
+    """``add_argument`` keywords (all but the default) for one field."""
+    meta = field.metadata
+    kwargs: dict[str, Any] = {key: meta[key] for key in ("help", "choices", "metavar") if key in meta}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: None is "not given"
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if "parse" in meta:
+        kwargs["type"] = meta["parse"]
+    elif hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(hint) is list:
+        kwargs.update(type=typing.get_args(hint)[0], nargs="*")
+    elif hint in (int, float, str, Path):
+        kwargs["type"] = hint
+    else:
+        raise TypeError(f"{cls.__name__}.{field.name}: no flag for {hint}; give it a parse= in its option()")
+    return kwargs
+
+
+def values(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The parsed values of the named fields, as keyword arguments for the dataclass."""
+    return {name: getattr(args, name) for name in names}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = MODEL_FIELDS) -> None:
+    """Add the model flags (``--model``, ``--hidden``, ``--activation``, ``--backend``) in a group "model".
 
     Args:
         parser: the subcommand's parser.
-        backend: also add ``--backend`` (``compare`` runs all three and leaves it out).
+        names: the model fields to add (``compare`` runs every backend and leaves ``backend`` out).
     """
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        choices=MODEL_KINDS,
-        default="mlp",
-        help="softmax: linear softmax classifier; mlp: multi-layer perceptron; "
-        "perceptron: Rosenblatt's perceptron (binary for 2 classes, else multi-class)",
-    )
-    group.add_argument(
-        "--hidden",
-        type=int,
-        nargs="*",
-        default=[512],
-        metavar="N",
-        help="hidden layer sizes of the mlp, any depth (none = linear softmax)",
-    )
-    group.add_argument(
-        "--activation", choices=ACTIVATIONS, default="sigmoid", help="hidden-layer non-linearity of the mlp"
-    )
-    if backend:
-        group.add_argument(
-            "--backend",
-            choices=BACKENDS,
-            default="builtin",
-            help="gradient path: builtin = PyTorch ops + autograd, custom = our autograd Functions, "
-            "manual = hand-written backward, no autograd",
-        )
+    add_fields(parser.add_argument_group("model"), TrainConfig, names)
 
 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,88 +95,21 @@ def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the data flags to a command's parser (``--seed`` is left to the command).
+def add_data_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """Add every data flag in a group "data" (``--seed`` is left to the command).
 
     Args:
-        parser: the subcommand's parser; the flags go into an argument group "data".
+        parser: the subcommand's parser.
+        defaults: the command's own defaults, e.g. ``dataset="synthetic"``.
     """
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="cifar",
-        help="cifar: CIFAR-10/100 classes by name; folder: DATA_ROOT/{train,test}/<class>/*; "
-        "synthetic: seeded CIFAR-shaped data, no files needed",
-    )
-    group.add_argument(
-        "--data-root",
-        type=Path,
-        default=Path("data"),
-        help="where the CIFAR archives live (downloaded when missing) or the image folder; ignored by synthetic",
-    )
-    group.add_argument(
-        "--classes",
-        type=parse_classes,
-        default=None,
-        help="comma-separated class names, labelled 0..K-1 in this order "
-        "(default: cat,dog,bear for cifar, every class folder for folder, "
-        "class0,class1,class2 for synthetic)",
-    )
-    group.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="fraction of each class of the official train split held out for validation",
-    )
-    group.add_argument("--image-size", type=int, default=32, help="images are resized to SIZE x SIZE pixels")
-    group.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="where decoded uint8 tensors are cached (default: $XDG_CACHE_HOME/mlp_torch or ~/.cache/mlp_torch)",
-    )
-    group.add_argument(
-        "--no-cache", dest="cache", action="store_false", help="decode the images afresh and write no cache"
-    )
-    group.add_argument(
-        "--balance",
-        choices=BALANCE_CHOICES,
-        default="none",
-        help="for imbalanced classes: weights = inverse-frequency class weights in the loss, "
-        "sample = draw training batches class-balanced",
-    )
-    group.add_argument(
-        "--augment-flip",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="random horizontal flips of training images",
-    )
-    group.add_argument(
-        "--augment-crop",
-        type=int,
-        default=0,
-        metavar="PAD",
-        help="random crops of training images zero-padded by PAD pixels (0 = off)",
-    )
-    for key, env in ENV_OVERRIDES.items():
-        default = _env_default(key)
-        what = "URL" if key.endswith("url") else "md5 sum"
-        archive = "CIFAR-10" if key.startswith("cifar10_") else "CIFAR-100"
-        group.add_argument(
-            f"--{key.replace('_', '-')}",
-            default=default,
-            metavar=what.split()[0].upper(),
-            help=f"{archive} archive {what} (environment: {env})",
-        )
+    add_fields(parser.add_argument_group("data"), DataOptions, DATA_FIELDS, **defaults)
 
 
-def data_options_from_args(args: argparse.Namespace) -> DataOptions:
-    """Build :class:`DataOptions` from a namespace parsed with :func:`add_data_arguments`.
+def data_options_from_args(args: argparse.Namespace, **given: Any) -> DataOptions:
+    """The :class:`DataOptions` that flags added by :func:`add_data_arguments` describe.
 
     Args:
-        args: the parsed arguments; every :class:`DataOptions` field found in them is used
-            (``args.seed`` seeds the validation split when the command has ``--seed``).
+        args: the parsed command line.
+        given: fields the command sets itself, e.g. ``seed=args.seed``.
     """
-    present = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions) if hasattr(args, f.name)}
-    return DataOptions(**present)
+    return DataOptions(**values(args, DATA_FIELDS), **given)

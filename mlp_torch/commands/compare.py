@@ -31,9 +31,8 @@ def register(subparsers: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    add_model_arguments(parser, backend=False)
-    add_data_arguments(parser)
-    parser.set_defaults(dataset="synthetic")
+    add_model_arguments(parser, names=("model", "hidden", "activation"))  # every backend, no --backend
+    add_data_arguments(parser, dataset="synthetic")
     parser.add_argument(
         "--dtype",
         choices=tuple(DTYPES),
@@ -65,7 +64,7 @@ def load_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, to
     """
     from ..data import Standardizer, balance_weights, load_data
 
-    opts = data_options_from_args(args)
+    opts = data_options_from_args(args, seed=args.seed)
     bundle = load_data(opts)
     generator = torch.Generator().manual_seed(args.seed)
     index = torch.randperm(len(bundle.train.y), generator=generator)[: args.batch_size]

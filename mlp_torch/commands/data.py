@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import load_data
 
-    bundle = load_data(data_options_from_args(args))
+    bundle = load_data(data_options_from_args(args, seed=args.seed))
     counts = bundle.counts()
     width = max(len(c) for c in bundle.classes)
     lines = [

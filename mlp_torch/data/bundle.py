@@ -206,9 +206,9 @@ def _load_synthetic(opts: DataOptions, allow_download: bool):
     if len(classes) < 2:
         raise DataError("synthetic data need at least 2 classes")
     tensors = synthetic.make_synthetic(
-        len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.seed
+        len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.resolved_seed
     )
-    return classes, f"synthetic (seed {opts.seed})", tensors, None, False, {}
+    return classes, f"synthetic (seed {opts.resolved_seed})", tensors, None, False, {}
 
 
 def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
@@ -224,7 +224,7 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
     classes, source, (train_x, train_y, test_x, test_y), cache_path, hit, skipped = loader(opts, allow_download)
     if len(train_y) == 0:
         raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
-    train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.seed)
+    train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.resolved_seed)
     left = torch.bincount(train_y[train_idx], minlength=len(classes)).tolist()
     empty = [name for name, n in zip(classes, left) if n == 0]
     if empty:
