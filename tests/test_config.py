@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
+from interrupts import signal_during_step
 
 from mlp_torch.cli import build_parser, main
 from mlp_torch.commands.train import config_from_args
 from mlp_torch.data import DataOptions
 from mlp_torch.training import TrainConfig, train
-from mlp_torch.training.trainer import Trainer
-
-
-def stop_after_the_first_step(monkeypatch) -> None:
-    """A Ctrl-C inside the first step: the run saves and stops, its config.json written."""
-    check_finite = Trainer.check_finite
-
-    def check_then_signal(self, loss, layer_sq, step):
-        check_finite(self, loss, layer_sq, step)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(Trainer, "check_finite", check_then_signal)
 
 
 def saved_run(runs: Path) -> dict:
@@ -47,7 +34,7 @@ def saved_run(runs: Path) -> dict:
 )
 def test_the_command_line_and_python_write_the_same_config_json(tmp_path, monkeypatch, flags, config):
     monkeypatch.chdir(tmp_path)  # the default data root, ./data, means the same folder for both
-    stop_after_the_first_step(monkeypatch)
+    signal_during_step(monkeypatch)  # a Ctrl-C in the first step: config.json is written, the rest is quick
     assert main(["train", *flags, "--runs-dir", "cli", "--no-progress"]) == 130
     metrics = train(dataclasses.replace(config, runs_dir=Path("api"), progress=False))
     assert metrics["status"] == "interrupted"
