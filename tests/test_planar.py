@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,8 @@ from mlp_torch.data.planar import (
     XOR_GAP,
     make_planar,
 )
-from mlp_torch.errors import UsageError
+from mlp_torch.data.saved import LOCATION_KEYS, SAVED_TYPES, data_options_from_saved
+from mlp_torch.errors import DataError, UsageError
 from mlp_torch.models import Perceptron, build_model
 from mlp_torch.optim import SGD
 
@@ -157,6 +160,20 @@ def test_standardizer_and_batches_work_on_float_points():
 def test_bad_options_are_one_clear_line(options, message):
     with pytest.raises(UsageError, match=message):
         DataOptions(**options)
+
+
+def test_a_saved_run_records_the_2d_options_and_they_are_checked():
+    """config.json and checkpoints keep samples, noise and arms; resume, eval and predict read them back."""
+    assert {f.name for f in dataclasses.fields(DataOptions)} == set(SAVED_TYPES) | set(LOCATION_KEYS)
+    opts = DataOptions(dataset="spiral", arms=5, samples=100, noise=0.25, seed=7)
+    saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()}
+    assert data_options_from_saved(saved, "config.json") == opts
+    with pytest.raises(DataError, match="config.json: data option 'noise' is '0.1' \\(str\\)"):
+        data_options_from_saved({**saved, "noise": "0.1"}, "config.json")
+    with pytest.raises(DataError, match="config.json: its 2-D points would take over 4 GiB; refused"):
+        data_options_from_saved({**saved, "samples": 10**9}, "config.json")
+    with pytest.raises(DataError, match="config.json: --arms must be an integer between 2 and 100"):
+        data_options_from_saved({**saved, "arms": 1}, "config.json")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         choices=DATASETS,
         default="cifar",
         help="cifar: CIFAR-10/100 classes by name; folder: DATA_ROOT/{train,test}/<class>/*; "
-        "synthetic: seeded CIFAR-shaped data, no files needed",
+        "synthetic: seeded CIFAR-shaped data, no files needed; linear, xor, circles, spiral: "
+        "seeded 2-D points (no augmentation)",
     )
     group.add_argument(
         "--data-root",
