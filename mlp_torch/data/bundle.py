@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,14 +20,14 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from . import archive, cache, cifar, folder, synthetic
+from . import archive, cache, cifar, folder, planar, synthetic
 from .loader import class_weights
 from .options import DataOptions
 
 
 @dataclass
 class Split:
-    """One split: uint8 images (N, 3, H, W) and int64 labels (N,)."""
+    """One split: uint8 images (N, 3, H, W), or float32 points (N, 2) of a 2-D dataset, and int64 labels (N,)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -43,10 +44,10 @@ class Split:
 
 @dataclass
 class DataBundle:
-    """What a run trains on: the three splits (CPU uint8) and where they came from."""
+    """What a run trains on: the three splits (CPU uint8 images or float32 points) and where they came from."""
 
     classes: list[str]
-    image_size: int
+    image_size: int  # pixels a side; 0 for the 2-D datasets, whose samples are points, not images
     source: str  # human readable, e.g. "CIFAR-10 + CIFAR-100 from data/"
     train: Split
     val: Split
@@ -61,8 +62,14 @@ class DataBundle:
         return len(self.classes)
 
     @property
+    def has_images(self) -> bool:
+        """Images (N, 3, H, W), rather than the 2-D datasets' points (N, 2)."""
+        return self.image_size > 0
+
+    @property
     def in_features(self) -> int:
-        return 3 * self.image_size * self.image_size
+        """Inputs per sample: 3·H·W for images, 2 for points."""
+        return 3 * self.image_size * self.image_size if self.has_images else math.prod(self.train.x.shape[1:])
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -211,8 +218,16 @@ def _load_synthetic(opts: DataOptions, allow_download: bool):
     return classes, f"synthetic (seed {opts.seed})", tensors, None, False, {}
 
 
+def _load_planar(opts: DataOptions, allow_download: bool):
+    classes = list(opts.classes) if opts.classes is not None else planar.planar_classes(opts.dataset, opts.arms)
+    tensors = planar.make_planar(opts.dataset, opts.samples, opts.noise, opts.arms, opts.seed)
+    arms = f"{opts.arms} arms, " if opts.dataset == "spiral" else ""
+    source = f"2-D {opts.dataset} ({arms}{opts.samples} points, noise {opts.noise:g}, seed {opts.seed})"
+    return classes, source, tensors, None, False, {}
+
+
 def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
-    """Load the dataset ``opts`` describes: CPU uint8 splits, validation carved from train.
+    """Load the dataset ``opts`` describes: CPU uint8 splits (float32 points), validation carved from train.
 
     Args:
         opts: which dataset, classes, image size, cache and split.
@@ -220,7 +235,8 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
             a CIFAR archive that is not in ``opts.data_root`` is an error saying where to place it.
     """
     start = time.perf_counter()
-    loader = {"cifar": _load_cifar, "folder": _load_folder, "synthetic": _load_synthetic}[opts.dataset]
+    loaders = {"cifar": _load_cifar, "folder": _load_folder, "synthetic": _load_synthetic}
+    loader = _load_planar if opts.is_planar else loaders[opts.dataset]
     classes, source, (train_x, train_y, test_x, test_y), cache_path, hit, skipped = loader(opts, allow_download)
     if len(train_y) == 0:
         raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
@@ -236,7 +252,7 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
         raise DataError(f"{source} has {len(train_idx)} training image(s) after the split; training needs at least 2")
     return DataBundle(
         classes=classes,
-        image_size=opts.image_size,
+        image_size=0 if opts.is_planar else opts.image_size,
         source=source,
         train=Split(train_x[train_idx], train_y[train_idx]),
         val=Split(train_x[val_idx], train_y[val_idx]),

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..utils import check_seed
+from .planar import PLANAR_DATASETS, planar_num_classes
 
-DATASETS = ("cifar", "folder", "synthetic")
+DATASETS = ("cifar", "folder", "synthetic", *PLANAR_DATASETS)
 BALANCE_CHOICES = ("none", "weights", "sample")
 
 # The official archives (https://www.cs.toronto.edu/~kriz/cifar.html); each can be overridden by a
@@ -48,8 +49,13 @@ class DataOptions:
     """Everything that decides which images a run sees and how they are fed.
 
     ``classes=None`` means the dataset's default: ``cat,dog,bear`` for CIFAR, every class folder
-    for ``folder``, ``class0..class2`` for ``synthetic``. ``cache_dir=None`` means
-    :func:`default_cache_dir`; ``cache=False`` decodes afresh every time and writes nothing.
+    for ``folder``, ``class0..class2`` for ``synthetic``, ``class0,class1`` for the 2-D datasets
+    and ``arm0..`` for ``spiral``. ``cache_dir=None`` means :func:`default_cache_dir`;
+    ``cache=False`` decodes afresh every time and writes nothing.
+
+    The 2-D datasets (``linear``, ``xor``, ``circles``, ``spiral``; see :mod:`mlp_torch.data.planar`)
+    are points, not images: ``samples`` points in train and as many in test, Gaussian jitter of
+    std ``noise``, ``arms`` spiral arms (= classes); image size, cache and augmentation do not apply.
     """
 
     dataset: str = "cifar"
@@ -70,6 +76,9 @@ class DataOptions:
     download_timeout: float = 10.0
     synthetic_train_per_class: int = 1000
     synthetic_test_per_class: int = 200
+    samples: int = 1000
+    noise: float = 0.1
+    arms: int = 3
 
     def __post_init__(self) -> None:
         self.data_root = Path(self.data_root)
@@ -91,6 +100,31 @@ class DataOptions:
                 raise UsageError("--classes needs a comma-separated list of class names, e.g. cat,dog,bear")
             if len(set(self.classes)) != len(self.classes):
                 raise UsageError(f"--classes lists a name twice: {','.join(self.classes)}")
+        if self.is_planar:
+            self._check_planar()
+
+    @property
+    def is_planar(self) -> bool:
+        """Whether the dataset is one of the 2-D point sets (float (N, 2) features, not images)."""
+        return self.dataset in PLANAR_DATASETS
+
+    def _check_planar(self) -> None:
+        if isinstance(self.arms, bool) or not isinstance(self.arms, int) or not 2 <= self.arms <= 100:
+            raise UsageError(f"--arms must be an integer between 2 and 100, got {self.arms!r}")
+        num_classes = planar_num_classes(self.dataset, self.arms)
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 2 * num_classes:
+            raise UsageError(
+                f"--samples must be at least 2 per class ({2 * num_classes} for {self.dataset}), got {self.samples!r}"
+            )
+        if not (isinstance(self.noise, (int, float)) and 0.0 <= self.noise <= 10.0):
+            raise UsageError(f"--noise must be a number between 0 and 10, got {self.noise!r}")
+        if self.classes is not None and len(self.classes) != num_classes:
+            raise UsageError(
+                f"--classes names {len(self.classes)} classes, but {self.dataset} has {num_classes}"
+                + (" (set --arms)" if self.dataset == "spiral" else "")
+            )
+        if self.augment_flip or self.augment_crop:
+            raise UsageError(f"{self.dataset} holds 2-D points, not images: turn off --augment-flip and --augment-crop")
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -116,7 +150,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         choices=DATASETS,
         default="cifar",
         help="cifar: CIFAR-10/100 classes by name; folder: DATA_ROOT/{train,test}/<class>/*; "
-        "synthetic: seeded CIFAR-shaped data, no files needed",
+        "synthetic: seeded CIFAR-shaped data, no files needed; linear, xor, circles, spiral: "
+        "seeded 2-D points (no augmentation)",
     )
     group.add_argument(
         "--data-root",
