@@ -7,6 +7,7 @@ is the formula from the slides, written above it. The public names are plain fun
     h = sigmoid(a) | tanh(a) | relu(a)       # activations
     f = step(a)                              # Rosenblatt's perceptron output
     ℓ = softmax_cross_entropy(a, y)          # ŷ = softmax(a), ℓ = −log ŷ_y
+    ℓ = sigmoid_binary_cross_entropy(p, y)   # ŷ = σ(p), ℓ = −y log ŷ − (1 − y) log(1 − ŷ)
 
 Conventions:
 
@@ -18,8 +19,8 @@ Conventions:
 * Shapes: ``x`` is ``(N, in)``, ``W`` is ``(out, in)`` as in the lecture (``a_i = Σ_j w_ij x_j + b_i``),
   logits are ``(N, C)``; a hidden layer's ``a`` and ``h`` are ``(N, H)``. Shape comments use these letters.
 * ``backward`` is written with differentiable tensor ops, so double backward
-  (``gradgradcheck``, Hessian-vector products) works for linear, sigmoid, tanh, relu and
-  softmax-cross-entropy.
+  (``gradgradcheck``, Hessian-vector products) works for linear, sigmoid, tanh, relu,
+  softmax-cross-entropy and sigmoid-binary-cross-entropy.
 * Functions use the ``forward`` + ``setup_context`` style with ``generate_vmap_rule = True``, so
   ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) and ``torch.compile`` see through them.
 """
@@ -31,7 +32,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["linear", "sigmoid", "tanh", "relu", "step", "softmax_cross_entropy", "REDUCTIONS"]
+__all__ = [
+    "linear",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "step",
+    "softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "REDUCTIONS",
+]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -275,6 +285,54 @@ def _reduce(losses: Tensor, reduction: str, divisor: Tensor | int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# One sigmoid output unit + binary cross-entropy, fused (the forward-pass slide's network)
+# --------------------------------------------------------------------------------------------
+
+
+class SigmoidBinaryCrossEntropyFunction(torch.autograd.Function):
+    """Two classes, one output unit ``p``: ``ŷ = σ(p)``, ``ℓ_n = −y_n log ŷ_n − (1 − y_n) log(1 − ŷ_n)``.
+
+    ``y`` holds the label of each row as a number of ``p``'s dtype, 0 or 1 (or a probability of
+    class 1). ``reduction`` is ``"mean"`` (``ℓ = Σ_n ℓ_n / N``), ``"sum"`` or ``"none"``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p: Tensor, y: Tensor, reduction: str) -> Tensor:
+        # −log σ(p) = log(1 + e^{−p}) = softplus(−p) and −log(1 − σ(p)) = softplus(p), so
+        #   ℓ = y softplus(−p) + (1 − y) softplus(p) = softplus(p) − y p          (softplus(−p) = softplus(p) − p)
+        #     = max(p, 0) − y p + log(1 + e^{−|p|})
+        # e is only raised to non-positive powers and log's argument is in (1, 2]: no overflow and
+        # no log(0) at any finite p (at p = ±1e4 in float32 the loss is exactly 0 or |p|). The small
+        # log term is added last, so a confident right answer keeps it (ℓ = e^{−100} at p = 100, y = 1).
+        losses = (p.clamp_min(0.0) - y * p) + torch.log1p(torch.exp(-p.abs()))  # ℓ_n, N
+        return _reduce(losses, reduction, p.shape[0])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, str], output: Tensor) -> None:
+        p, y, reduction = inputs
+        # ŷ is recomputed from p in backward (one exp a row): saving inputs keeps double backward correct.
+        ctx.save_for_backward(p, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx: Any, dloss: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        p, y = ctx.saved_tensors
+        n = p.shape[0]
+        y_hat = SigmoidFunction.apply(p)  # ŷ = σ(p), N (our sigmoid: its derivative serves double backward)
+        # dℓ_n/dp_n = ŷ_n − y_n
+        dp = y_hat - y  # N
+        # dℓ_n/dy_n = −p_n   (a probability target's gradient; class labels need none)
+        dy = -p if ctx.needs_input_grad[1] else None  # N
+        if ctx.reduction == "mean":
+            # dℓ/dp = (ŷ − y) / N
+            dp = dp / n
+            dy = None if dy is None else dy / n
+        return dp * dloss, None if dy is None else dy * dloss, None
+
+
+# --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
 
@@ -372,6 +430,46 @@ def softmax_cross_entropy(
         t = target if weight is None else target * weight  # w ⊙ t, N,C
         return _reduce(WeightedSoftTargetCrossEntropyFunction.apply(logits, t), reduction, n)
     raise ValueError(f"target must be class indices (N,) or probability rows (N, C); got shape {tuple(target.shape)}")
+
+
+def sigmoid_binary_cross_entropy(p: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of one sigmoid output unit: ``ŷ = σ(p)``, ``ℓ = −y log ŷ − (1 − y) log(1 − ŷ)``.
+
+    Matches ``F.binary_cross_entropy_with_logits(p, y.float())``. The backward is the fused
+    gradient ``dℓ/dp = ŷ − y`` (÷N for ``"mean"``), the two-class twin of softmax
+    cross-entropy's ``ŷ − y``. The loss is computed from ``p`` as ``softplus(p) − y p``, never as
+    ``log σ(p)``, so it is finite at every finite ``p``.
+
+    Args:
+        p: ``(N,)`` floating-point scores of the output unit (``ŷ = σ(p)`` is the probability of class 1).
+        y: ``(N,)`` labels, an integer tensor of 0s and 1s, or probabilities of class 1 in ``p``'s dtype.
+        reduction: ``"mean"`` (over samples), ``"sum"`` or ``"none"`` (the ``(N,)`` losses).
+
+    An empty batch gives ``nan`` for ``"mean"`` (0/0, as PyTorch), ``0`` for ``"sum"``.
+
+    Raises:
+        ValueError: ``p`` not 1-D, ``y`` of another length, a label other than 0 or 1, unknown reduction.
+        TypeError: integer ``p``, or float labels of another dtype than ``p``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    if p.dim() != 1:
+        raise ValueError(f"p must be 1-D (N,), one score per sample; got shape {tuple(p.shape)}")
+    if not p.is_floating_point():
+        raise TypeError(f"p must be floating point; got {p.dtype}")
+    if y.device != p.device:
+        raise ValueError(f"y is on {y.device} but p is on {p.device}; move both to one device")
+    if y.dim() != 1:
+        raise ValueError(f"y must be 1-D (N,), one label per sample; got shape {tuple(y.shape)}")
+    if y.is_floating_point():
+        if y.dtype != p.dtype:
+            raise TypeError(f"probability targets must have p's dtype {p.dtype}; got {y.dtype}")
+        if y.shape[0] != p.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} labels but p has {p.shape[0]} rows")
+    else:
+        _check_class_indices(y, p.shape[0], 2)
+        y = y.to(p.dtype)
+    return SigmoidBinaryCrossEntropyFunction.apply(p, y, reduction)
 
 
 # --------------------------------------------------------------------------------------------

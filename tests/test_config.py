@@ -29,8 +29,9 @@ def saved_run(runs: Path) -> dict:
     [
         (["--dataset", "synthetic"], TrainConfig(data=DataOptions(dataset="synthetic"))),
         (["--dataset", "synthetic", "--seed", "3"], TrainConfig(seed=3, data=DataOptions(dataset="synthetic"))),
+        (["--dataset", "xor"], TrainConfig(data=DataOptions(dataset="xor"))),
     ],
-    ids=["defaults", "seed"],
+    ids=["defaults", "seed", "2-D points"],
 )
 def test_the_command_line_and_python_write_the_same_config_json(tmp_path, monkeypatch, flags, config):
     monkeypatch.chdir(tmp_path)  # the default data root, ./data, means the same folder for both
@@ -40,7 +41,8 @@ def test_the_command_line_and_python_write_the_same_config_json(tmp_path, monkey
     assert metrics["status"] == "interrupted"
     cli, api = saved_run(tmp_path / "cli"), saved_run(tmp_path / "api")
     assert cli == api
-    assert cli["config"]["data"]["augment_flip"] is True and cli["config"]["data"]["augment_crop"] == 2
+    images = config.data.dataset == "synthetic"  # flipped and cropped by default; points are not
+    assert cli["config"]["data"]["augment_flip"] is images and cli["config"]["data"]["augment_crop"] == 2 * images
     assert cli["config"]["data"]["seed"] == cli["config"]["seed"] == config.seed
 
 

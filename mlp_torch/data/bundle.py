@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from . import archive, cache, cifar, folder, synthetic
+from . import archive, cache, cifar, folder, planar, synthetic
 from .loader import class_weights
 from .options import DataOptions
 from .splits import RawSplits, Split
@@ -28,10 +29,10 @@ from .splits import RawSplits, Split
 
 @dataclass
 class DataBundle:
-    """What a run trains on: the three splits (CPU uint8) and where they came from."""
+    """What a run trains on: the three splits (CPU uint8 images or float32 points) and where they came from."""
 
     classes: list[str]
-    image_size: int
+    image_size: int  # pixels a side; 0 for the 2-D datasets, whose samples are points, not images
     source: str  # human readable, e.g. "CIFAR-10 + CIFAR-100 from data/"
     train: Split
     val: Split
@@ -46,8 +47,14 @@ class DataBundle:
         return len(self.classes)
 
     @property
+    def has_images(self) -> bool:
+        """Images (N, 3, H, W), rather than the 2-D datasets' points (N, 2)."""
+        return self.image_size > 0
+
+    @property
     def in_features(self) -> int:
-        return 3 * self.image_size * self.image_size
+        """Inputs per sample: 3·H·W for images, 2 for points."""
+        return 3 * self.image_size * self.image_size if self.has_images else math.prod(self.train.x.shape[1:])
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -217,16 +224,26 @@ def _load_synthetic(opts: DataOptions, allow_download: bool) -> Loaded:
     return Loaded(classes, f"synthetic (seed {opts.resolved_seed})", splits)
 
 
+def _load_planar(opts: DataOptions, allow_download: bool) -> Loaded:
+    classes = list(opts.classes) if opts.classes is not None else planar.planar_classes(opts.dataset, opts.arms)
+    seed = opts.resolved_seed
+    splits = planar.make_planar(opts.dataset, opts.samples, opts.noise, opts.arms, seed)
+    arms = f"{opts.arms} arms, " if opts.dataset == "spiral" else ""
+    source = f"2-D {opts.dataset} ({arms}{opts.samples} points, noise {opts.noise:g}, seed {seed})"
+    return Loaded(classes, source, splits)
+
+
 # One loader per --dataset: (options, whether it may download) -> the official splits.
 LOADERS: dict[str, Callable[[DataOptions, bool], Loaded]] = {
     "cifar": _load_cifar,
     "folder": _load_folder,
     "synthetic": _load_synthetic,
+    **{name: _load_planar for name in planar.PLANAR_DATASETS},
 }
 
 
 def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
-    """Load the dataset ``opts`` describes: CPU uint8 splits, validation carved from train.
+    """Load the dataset ``opts`` describes: CPU uint8 splits (float32 points), validation carved from train.
 
     Args:
         opts: which dataset, classes, image size, cache and split.
@@ -250,7 +267,7 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
         raise DataError(f"{source} has {len(train_idx)} training image(s) after the split; training needs at least 2")
     return DataBundle(
         classes=classes,
-        image_size=opts.image_size,
+        image_size=0 if opts.is_planar else opts.image_size,
         source=source,
         train=Split(train.x[train_idx], train.y[train_idx]),
         val=Split(train.x[val_idx], train.y[val_idx]),

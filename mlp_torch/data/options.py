@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..utils import check_seed, option
+from .planar import PLANAR_DATASETS, planar_num_classes
 
-DATASETS = ("cifar", "folder", "synthetic")
+DATASETS = ("cifar", "folder", "synthetic", *PLANAR_DATASETS)
 BALANCE_CHOICES = ("none", "weights", "sample")
 
 # The official archives (https://www.cs.toronto.edu/~kriz/cifar.html); each can be overridden by a
@@ -48,19 +49,26 @@ def parse_classes(text: str | None) -> list[str] | None:
 class DataOptions:
     """Everything that decides which images a run sees and how they are fed; every field is a flag.
 
-    The defaults are what ``mlp-torch train`` uses (random flips and 2-pixel crops included), so
-    ``TrainConfig(data=DataOptions(...))`` trains what the same flags train.
+    The defaults are what ``mlp-torch train`` uses (random flips and 2-pixel crops of images
+    included), so ``TrainConfig(data=DataOptions(...))`` trains what the same flags train.
     ``classes=None`` means the dataset's default: ``cat,dog,bear`` for CIFAR, every class folder
-    for ``folder``, ``class0..class2`` for ``synthetic``. ``cache_dir=None`` means
-    :func:`default_cache_dir`; ``cache=False`` decodes afresh every time and writes nothing.
-    ``seed=None`` means the run's seed in a :class:`~mlp_torch.training.TrainConfig`, else 0.
+    for ``folder``, ``class0..class2`` for ``synthetic``, ``class0,class1`` for the 2-D datasets
+    and ``arm0..`` for ``spiral``. ``cache_dir=None`` means :func:`default_cache_dir`;
+    ``cache=False`` decodes afresh every time and writes nothing. ``seed=None`` means the run's
+    seed in a :class:`~mlp_torch.training.TrainConfig`, else 0. Augmentation left at ``None`` is
+    the dataset's default, set on construction: flips and 2-pixel crops for images, none for points.
+
+    The 2-D datasets (``linear``, ``xor``, ``circles``, ``spiral``; see :mod:`mlp_torch.data.planar`)
+    are points, not images: ``samples`` points in train and as many in test, Gaussian jitter of
+    std ``noise``, ``arms`` spiral arms (= classes); image size, cache and augmentation do not apply.
     """
 
     dataset: str = option(
         "cifar",
         choices=DATASETS,
         help="cifar: CIFAR-10/100 classes by name; folder: DATA_ROOT/{train,test}/<class>/*; "
-        "synthetic: seeded CIFAR-shaped data, no files needed",
+        "synthetic: seeded CIFAR-shaped data, no files needed; linear, xor, circles, spiral: "
+        "seeded 2-D points (no augmentation)",
     )
     data_root: Path = option(
         Path("data"),
@@ -88,9 +96,14 @@ class DataOptions:
         help="for imbalanced classes: weights = inverse-frequency class weights in the loss, "
         "sample = draw training batches class-balanced",
     )
-    augment_flip: bool = option(True, help="random horizontal flips of training images")
-    augment_crop: int = option(
-        2, metavar="PAD", help="random crops of training images zero-padded by PAD pixels (0 = off)"
+    augment_flip: bool | None = option(
+        None, help="random horizontal flips of training images (default: on for images, off for 2-D points)"
+    )
+    augment_crop: int | None = option(
+        None,
+        metavar="PAD",
+        help="random crops of training images zero-padded by PAD pixels, 0 = off (default: 2 for images, "
+        "0 for 2-D points)",
     )
     cifar10_url: str = option(
         default_factory=lambda: _env_default("cifar10_url"),
@@ -117,6 +130,9 @@ class DataOptions:
     )
     synthetic_train_per_class: int = option(1000, metavar="N", help="synthetic: training images per class")
     synthetic_test_per_class: int = option(200, metavar="N", help="synthetic: test images per class")
+    samples: int = option(1000, metavar="N", help="2-D datasets: points in train, and as many in test")
+    noise: float = option(0.1, help="2-D datasets: the standard deviation of the jitter of each coordinate")
+    arms: int = option(3, metavar="N", help="spiral: its arms, one class each")
 
     def __post_init__(self) -> None:
         self.data_root = Path(self.data_root)
@@ -124,6 +140,10 @@ class DataOptions:
             self.cache_dir = Path(self.cache_dir)
         if self.dataset not in DATASETS:
             raise UsageError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.augment_flip is None:  # the dataset's default: images are flipped and cropped, points not
+            self.augment_flip = not self.is_planar
+        if self.augment_crop is None:
+            self.augment_crop = 0 if self.is_planar else 2
         if self.balance not in BALANCE_CHOICES:
             raise UsageError(f"unknown --balance {self.balance!r}; use one of {', '.join(BALANCE_CHOICES)}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -146,6 +166,31 @@ class DataOptions:
                 raise UsageError("--classes needs a comma-separated list of class names, e.g. cat,dog,bear")
             if len(set(self.classes)) != len(self.classes):
                 raise UsageError(f"--classes lists a name twice: {','.join(self.classes)}")
+        if self.is_planar:
+            self._check_planar()
+
+    @property
+    def is_planar(self) -> bool:
+        """Whether the dataset is one of the 2-D point sets (float (N, 2) features, not images)."""
+        return self.dataset in PLANAR_DATASETS
+
+    def _check_planar(self) -> None:
+        if isinstance(self.arms, bool) or not isinstance(self.arms, int) or not 2 <= self.arms <= 100:
+            raise UsageError(f"--arms must be an integer between 2 and 100, got {self.arms!r}")
+        num_classes = planar_num_classes(self.dataset, self.arms)
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 2 * num_classes:
+            raise UsageError(
+                f"--samples must be at least 2 per class ({2 * num_classes} for {self.dataset}), got {self.samples!r}"
+            )
+        if not (isinstance(self.noise, (int, float)) and 0.0 <= self.noise <= 10.0):
+            raise UsageError(f"--noise must be a number between 0 and 10, got {self.noise!r}")
+        if self.classes is not None and len(self.classes) != num_classes:
+            raise UsageError(
+                f"--classes names {len(self.classes)} classes, but {self.dataset} has {num_classes}"
+                + (" (set --arms)" if self.dataset == "spiral" else "")
+            )
+        if self.augment_flip or self.augment_crop:
+            raise UsageError(f"{self.dataset} holds 2-D points, not images: turn off --augment-flip and --augment-crop")
 
     @property
     def resolved_cache_dir(self) -> Path:

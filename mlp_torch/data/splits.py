@@ -9,7 +9,7 @@ import torch
 
 @dataclass
 class Split:
-    """One split: uint8 images (N, 3, H, W) and int64 labels (N,)."""
+    """One split: uint8 images (N, 3, H, W), or float32 points (N, 2) of a 2-D dataset, and int64 labels (N,)."""
 
     x: torch.Tensor
     y: torch.Tensor

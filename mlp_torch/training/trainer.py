@@ -188,6 +188,8 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
     ).to(device)
     train = data.train.to(device)
     loss_weights, sample_weights = balance_weights(config.data, data.train.y, data.num_classes)
+    flip, crop = config.data.augment_flip, config.data.augment_crop
+    assert flip is not None and crop is not None, "DataOptions resolves the dataset's augmentation"
     batches = DeviceBatches(
         train.x,
         train.y,
@@ -195,8 +197,8 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         standardizer,
         shuffle=True,
         generator=torch.Generator(device=device).manual_seed(config.seed),
-        augment_flip=config.data.augment_flip,
-        augment_crop=config.data.augment_crop,
+        augment_flip=flip,
+        augment_crop=crop,
         sample_weights=sample_weights,
     )
     optimizer = build_optimizer(config, model.parameters())
