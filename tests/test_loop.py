@@ -128,13 +128,16 @@ def test_evaluate_runs_one_forward_pass_per_batch(split, kind, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", ["softmax", "mlp", "perceptron"])
-def test_the_loss_from_logits_is_the_loss(kind, backend):
+@pytest.mark.parametrize(
+    "kind, classes, output",
+    [("softmax", 3, "softmax"), ("mlp", 3, "softmax"), ("mlp", 2, "sigmoid"), ("perceptron", 3, "softmax")],
+)
+def test_the_loss_from_logits_is_the_loss(kind, classes, output, backend):
     torch.manual_seed(0)
-    model = build_model(kind, in_features=6, num_classes=3, hidden=[4], backend=backend, seed=0)
+    model = build_model(kind, in_features=6, num_classes=classes, hidden=[4], backend=backend, seed=0, output=output)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape))  # the perceptron starts at zero: every prediction a tie
-    x, y, weight = torch.randn(9, 6), torch.randint(0, 3, (9,)), torch.rand(3)
+    x, y, weight = torch.randn(9, 6), torch.randint(0, classes, (9,)), torch.rand(classes)
     for class_weight in (None, weight):
         assert torch.equal(model.loss_from_logits(model(x), y, class_weight), model.loss(x, y, class_weight))
