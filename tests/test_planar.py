@@ -30,20 +30,28 @@ from mlp_torch.optim import SGD
 
 @pytest.mark.parametrize("name", PLANAR_DATASETS)
 def test_seeded_shapes_and_balanced_classes(name):
-    train_x, train_y, test_x, test_y = make_planar(name, 301, 0.1, arms=4, seed=5)
+    raw = make_planar(name, 301, 0.1, arms=4, seed=5)
+    train_x, train_y = raw.train.x, raw.train.y
     num_classes = 4 if name == "spiral" else 2
-    for x, y in ((train_x, train_y), (test_x, test_y)):
+    for x, y in ((raw.train.x, raw.train.y), (raw.test.x, raw.test.y)):
         assert x.shape == (301, 2) and x.dtype == torch.float32 and torch.isfinite(x).all()
         assert y.shape == (301,) and y.dtype == torch.int64
         counts = torch.bincount(y, minlength=num_classes)
         assert len(counts) == num_classes and counts.max() - counts.min() <= 1
         assert 0.5 < x.abs().max() < 2.0  # in the box the figures show
     again = make_planar(name, 301, 0.1, arms=4, seed=5)
-    assert all(torch.equal(a, b) for a, b in zip((train_x, train_y, test_x, test_y), again))
+    for split, same in ((raw.train, again.train), (raw.test, again.test)):
+        assert torch.equal(split.x, same.x) and torch.equal(split.y, same.y)
     other = make_planar(name, 301, 0.1, arms=4, seed=6)
-    assert not torch.equal(train_x, other[0])
-    assert not torch.equal(train_x, test_x)  # the test points are drawn afresh, not copied
+    assert not torch.equal(train_x, other.train.x)
+    assert not torch.equal(train_x, raw.test.x)  # the test points are drawn afresh, not copied
     assert not torch.equal(train_y, torch.sort(train_y).values)  # shuffled, not sorted by class
+
+
+def train_points(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train split's points and labels of ``make_planar(*args, **kwargs)``."""
+    train = make_planar(*args, **kwargs).train
+    return train.x, train.y
 
 
 def signed_distance_to_the_line(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,8 +62,9 @@ def signed_distance_to_the_line(x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 @pytest.mark.parametrize("noise", [0.0, 0.1, 1.0])
 def test_linear_is_separable_with_its_margin_at_any_noise(noise):
-    x, y, test_x, test_y = make_planar("linear", 2000, noise, seed=1)
-    for points, labels in ((x, y), (test_x, test_y)):
+    raw = make_planar("linear", 2000, noise, seed=1)
+    x, y = raw.train.x, raw.train.y
+    for points, labels in ((x, y), (raw.test.x, raw.test.y)):
         distance = signed_distance_to_the_line(points, labels)
         assert distance.min() >= LINEAR_MARGIN - 1e-6  # float32 rounding of the points
         assert distance.min() < LINEAR_MARGIN + 0.05  # and the margin is what the data show, not more
@@ -65,7 +74,8 @@ def test_linear_is_separable_with_its_margin_at_any_noise(noise):
 
 def least_squares_accuracy(name: str, arms: int = 3) -> float:
     """Test accuracy of the least-squares linear classifier: one-hot targets regressed on (x, 1)."""
-    x, y, test_x, test_y = make_planar(name, 1000, 0.1, arms=arms, seed=0)
+    raw = make_planar(name, 1000, 0.1, arms=arms, seed=0)
+    x, y, test_x, test_y = raw.train.x, raw.train.y, raw.test.x, raw.test.y
     features = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
     targets = torch.nn.functional.one_hot(y).double()
     weights = torch.linalg.lstsq(features, targets).solution
@@ -83,24 +93,24 @@ def test_a_linear_classifier_separates_linear_and_is_near_chance_on_the_others()
 
 def test_the_shapes_are_there_for_a_non_linear_feature():
     """One non-linear feature solves each: the sign of x₁x₂ (xor), the radius (circles), the arm's angle (spiral)."""
-    x, y, _, _ = make_planar("xor", 1000, 0.1)
+    x, y = train_points("xor", 1000, 0.1)
     assert ((x[:, 0] * x[:, 1] < 0).long() == y).double().mean() > 0.95
-    x, y, _, _ = make_planar("circles", 1000, 0.1)
+    x, y = train_points("circles", 1000, 0.1)
     inner = (x.norm(dim=1) < sum(CIRCLE_RADII) / 2).long()
     assert (inner == y).double().mean() > 0.95
-    x, y, _, _ = make_planar("spiral", 1000, 0.0, arms=3)
+    x, y = train_points("spiral", 1000, 0.0, arms=3)
     radius, angle = x.double().norm(dim=1), torch.atan2(x[:, 1], x[:, 0]).double()
     arm = torch.round(((angle - 4.0 * radius) % (2 * math.pi)) / (2 * math.pi / 3)) % 3
     assert torch.equal(arm.long(), y)
 
 
 def test_without_noise_the_shapes_are_exact():
-    x, y, _, _ = make_planar("xor", 400, 0.0)
+    x, y = train_points("xor", 400, 0.0)
     assert x.abs().min() >= XOR_GAP - 1e-7 and x.abs().max() <= 1.0
     assert torch.equal((x[:, 0] * x[:, 1] < 0).long(), y)
     quadrants = torch.bincount(2 * (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
     assert quadrants.tolist() == [100, 100, 100, 100]  # the best line gets exactly 3/4 right
-    x, y, _, _ = make_planar("circles", 400, 0.0)
+    x, y = train_points("circles", 400, 0.0)
     torch.testing.assert_close(x.norm(dim=1), torch.tensor(CIRCLE_RADII)[y])
 
 

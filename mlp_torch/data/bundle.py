@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,23 +24,7 @@ from ..errors import DataError
 from . import archive, cache, cifar, folder, planar, synthetic
 from .loader import class_weights
 from .options import DataOptions
-
-
-@dataclass
-class Split:
-    """One split: uint8 images (N, 3, H, W), or float32 points (N, 2) of a 2-D dataset, and int64 labels (N,)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
-
-    def counts(self, num_classes: int) -> list[int]:
-        return torch.bincount(self.y, minlength=num_classes).tolist()
+from .splits import RawSplits, Split
 
 
 @dataclass
@@ -141,29 +126,50 @@ def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[t
     return grouped[~to_val].sort().values, grouped[to_val].sort().values
 
 
-def _decode_cached(opts: DataOptions, kind: str, root: Path, classes: list[str], fingerprint, decode):
-    """Run ``decode()`` unless the cache holds its result; returns ``(tensors, cache_path, hit)``."""
+@dataclass
+class Loaded:
+    """What a dataset's loader returns: its classes, where the images came from, the official splits."""
+
+    classes: list[str]
+    source: str  # human readable, e.g. "CIFAR-10 + CIFAR-100 from data/"
+    splits: RawSplits
+    cache_path: Path | None = None  # the cache file read or written, if any
+    cache_hit: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)  # image folders: files passed over, by reason
+
+
+def _decode_cached(
+    opts: DataOptions,
+    kind: str,
+    root: Path,
+    classes: list[str],
+    source: str,
+    fingerprint: object,
+    decode: Callable[[], RawSplits],
+) -> Loaded:
+    """Run ``decode()`` unless the cache holds its result, and cache what it returns."""
     if not opts.cache:
-        return decode(), None, False
+        return Loaded(classes, source, decode())
     key = cache.cache_key(kind, root, classes, opts.image_size, fingerprint)
     path = cache.cache_file(opts.resolved_cache_dir, kind, classes, opts.image_size, key)
-    tensors = cache.load_cached(path, key)
-    if tensors is not None:
-        return tensors, path, True
-    tensors = decode()
-    return tensors, (path if cache.save_cached(path, key, tensors) else None), False
+    cached = cache.load_cached(path, key)
+    if cached is not None:
+        return Loaded(classes, source, cached, path, cache_hit=True)
+    splits = decode()
+    return Loaded(classes, source, splits, path if cache.save_cached(path, key, splits) else None)
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def _resize(split: Split, size: int) -> Split:
+    x = split.x
     if x.shape[-1] == size and x.shape[-2] == size:
-        return x
+        return split
     resized = torch.nn.functional.interpolate(
         x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    return Split(resized.round().clamp(0, 255).to(torch.uint8), split.y)
 
 
-def _load_cifar(opts: DataOptions, allow_download: bool):
+def _load_cifar(opts: DataOptions, allow_download: bool) -> Loaded:
     wanted = cifar.resolve_cifar_classes(opts.classes)
     classes = [name for name, _ in wanted]
     specs = cifar.archive_specs(opts)
@@ -179,15 +185,15 @@ def _load_cifar(opts: DataOptions, allow_download: bool):
         raise type(failures[0])(" — and: ".join(map(str, failures)))
     fingerprint = [cifar.source_fingerprint(specs[k], folders[k]) for k in keys]
 
-    def decode():
-        train_x, train_y, test_x, test_y = cifar.load_cifar(opts, wanted, folders)
-        return _resize(train_x, opts.image_size), train_y, _resize(test_x, opts.image_size), test_y
+    def decode() -> RawSplits:
+        splits = cifar.load_cifar(opts, wanted, folders)
+        return RawSplits(_resize(splits.train, opts.image_size), _resize(splits.test, opts.image_size))
 
     source = f"{' + '.join(specs[k].name for k in keys)} from {root}"
-    return classes, source, *_decode_cached(opts, "cifar", root, classes, fingerprint, decode), {}
+    return _decode_cached(opts, "cifar", root, classes, source, fingerprint, decode)
 
 
-def _load_folder(opts: DataOptions, allow_download: bool):
+def _load_folder(opts: DataOptions, allow_download: bool) -> Loaded:
     root = opts.data_root
     classes = list(opts.classes) if opts.classes is not None else folder.folder_classes(root)
     listing = folder.list_images(root, classes)
@@ -195,35 +201,45 @@ def _load_folder(opts: DataOptions, allow_download: bool):
     if note:
         print(f"note: image folder {root}: {note}", file=sys.stderr)
     fingerprint = folder.source_fingerprint(listing.images)
-    source = f"image folder {root}"
-
-    def decode():
-        return folder.load_folder(listing.images, opts.image_size)
-
-    return (
+    loaded = _decode_cached(
+        opts,
+        "folder",
+        root,
         classes,
-        source,
-        *_decode_cached(opts, "folder", root, classes, fingerprint, decode),
-        listing.skipped_counts(),
+        f"image folder {root}",
+        fingerprint,
+        lambda: folder.load_folder(listing.images, opts.image_size),
     )
+    loaded.skipped = listing.skipped_counts()
+    return loaded
 
 
-def _load_synthetic(opts: DataOptions, allow_download: bool):
+def _load_synthetic(opts: DataOptions, allow_download: bool) -> Loaded:
     classes = list(opts.classes) if opts.classes is not None else synthetic.synthetic_classes()
     if len(classes) < 2:
         raise DataError("synthetic data need at least 2 classes")
-    tensors = synthetic.make_synthetic(
-        len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.seed
+    splits = synthetic.make_synthetic(
+        len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.resolved_seed
     )
-    return classes, f"synthetic (seed {opts.seed})", tensors, None, False, {}
+    return Loaded(classes, f"synthetic (seed {opts.resolved_seed})", splits)
 
 
-def _load_planar(opts: DataOptions, allow_download: bool):
+def _load_planar(opts: DataOptions, allow_download: bool) -> Loaded:
     classes = list(opts.classes) if opts.classes is not None else planar.planar_classes(opts.dataset, opts.arms)
-    tensors = planar.make_planar(opts.dataset, opts.samples, opts.noise, opts.arms, opts.seed)
+    seed = opts.resolved_seed
+    splits = planar.make_planar(opts.dataset, opts.samples, opts.noise, opts.arms, seed)
     arms = f"{opts.arms} arms, " if opts.dataset == "spiral" else ""
-    source = f"2-D {opts.dataset} ({arms}{opts.samples} points, noise {opts.noise:g}, seed {opts.seed})"
-    return classes, source, tensors, None, False, {}
+    source = f"2-D {opts.dataset} ({arms}{opts.samples} points, noise {opts.noise:g}, seed {seed})"
+    return Loaded(classes, source, splits)
+
+
+# One loader per --dataset: (options, whether it may download) -> the official splits.
+LOADERS: dict[str, Callable[[DataOptions, bool], Loaded]] = {
+    "cifar": _load_cifar,
+    "folder": _load_folder,
+    "synthetic": _load_synthetic,
+    **{name: _load_planar for name in planar.PLANAR_DATASETS},
+}
 
 
 def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
@@ -235,16 +251,15 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
             a CIFAR archive that is not in ``opts.data_root`` is an error saying where to place it.
     """
     start = time.perf_counter()
-    loaders = {"cifar": _load_cifar, "folder": _load_folder, "synthetic": _load_synthetic}
-    loader = _load_planar if opts.is_planar else loaders[opts.dataset]
-    classes, source, (train_x, train_y, test_x, test_y), cache_path, hit, skipped = loader(opts, allow_download)
-    if len(train_y) == 0:
+    loaded = LOADERS[opts.dataset](opts, allow_download)
+    classes, source, train = loaded.classes, loaded.source, loaded.splits.train
+    if len(train) == 0:
         raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
-    train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.seed)
-    left = torch.bincount(train_y[train_idx], minlength=len(classes)).tolist()
+    train_idx, val_idx = stratified_split(train.y, opts.val_fraction, opts.resolved_seed)
+    left = torch.bincount(train.y[train_idx], minlength=len(classes)).tolist()
     empty = [name for name, n in zip(classes, left) if n == 0]
     if empty:
-        total = torch.bincount(train_y, minlength=len(classes)).tolist()
+        total = torch.bincount(train.y, minlength=len(classes)).tolist()
         held_out = any(total[classes.index(name)] for name in empty)
         hint = f"; lower --val-fraction ({opts.val_fraction:g} now)" if held_out else ""
         raise DataError(f"{source}: no training images left for class(es) {', '.join(empty)}{hint}")
@@ -254,13 +269,13 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
         classes=classes,
         image_size=0 if opts.is_planar else opts.image_size,
         source=source,
-        train=Split(train_x[train_idx], train_y[train_idx]),
-        val=Split(train_x[val_idx], train_y[val_idx]),
-        test=Split(test_x, test_y),
-        cache_path=cache_path,
-        cache_hit=hit,
+        train=Split(train.x[train_idx], train.y[train_idx]),
+        val=Split(train.x[val_idx], train.y[val_idx]),
+        test=loaded.splits.test,
+        cache_path=loaded.cache_path,
+        cache_hit=loaded.cache_hit,
         load_seconds=time.perf_counter() - start,
-        skipped=skipped,
+        skipped=loaded.skipped,
     )
 
 

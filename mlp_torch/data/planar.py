@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from .splits import RawSplits, Split
+
 PLANAR_DATASETS = ("linear", "xor", "circles", "spiral")
 LINEAR_NORMAL = (0.5, math.sqrt(3) / 2)  # the separating line's unit normal: 60° from the x₁ axis
 LINEAR_MARGIN = 0.15  # no point of `linear` is nearer the line than this
@@ -49,10 +51,8 @@ def planar_classes(name: str, arms: int = 3) -> list[str]:
     return ["class0", "class1"]
 
 
-def make_planar(
-    name: str, samples: int, noise: float, arms: int = 3, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Generate ``(train_x, train_y, test_x, test_y)``: float32 (N, 2), int64 (N,); same seed, same points.
+def make_planar(name: str, samples: int, noise: float, arms: int = 3, seed: int = 0) -> RawSplits:
+    """Generate the train and test splits: float32 points (N, 2), int64 labels (N,); same seed, same points.
 
     Args:
         name: ``linear``, ``xor``, ``circles`` or ``spiral``.
@@ -65,14 +65,14 @@ def make_planar(
         raise ValueError(f"unknown 2-D dataset {name!r}; use one of {', '.join(PLANAR_DATASETS)}")
     g = torch.Generator().manual_seed(seed)
     num_classes = planar_num_classes(name, arms)
-    out: list[torch.Tensor] = []
+    splits = []
     for _ in ("train", "test"):
         y = _balanced_labels(samples, num_classes)
         x = _POINTS[name](y, noise, num_classes, g)
         order = torch.randperm(samples, generator=g)
-        out += [x[order].to(torch.float32), y[order]]
-    train_x, train_y, test_x, test_y = out
-    return train_x, train_y, test_x, test_y
+        splits.append(Split(x[order].to(torch.float32), y[order]))
+    train, test = splits
+    return RawSplits(train, test)
 
 
 def _balanced_labels(n: int, num_classes: int) -> torch.Tensor:

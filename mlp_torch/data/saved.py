@@ -26,7 +26,7 @@ SAVED_TYPES: dict[str, tuple[type, ...]] = {
     "val_fraction": (float, int),
     "image_size": (int,),
     "cache": (bool,),
-    "seed": (int,),
+    "seed": (int, type(None)),
     "balance": (str,),
     "augment_flip": (bool,),
     "augment_crop": (int,),
@@ -86,8 +86,6 @@ def data_options_from_saved(saved: object, where: str, overrides: Mapping[str, A
     if opts.dataset == "synthetic":
         classes = len(opts.classes) if opts.classes is not None else 3
         images = classes * (opts.synthetic_train_per_class + opts.synthetic_test_per_class)
-        if min(opts.synthetic_train_per_class, opts.synthetic_test_per_class) < 1:
-            raise DataError(f"{where}: synthetic image counts per class must be positive")
         if images * 3 * opts.image_size**2 > MAX_SYNTHETIC_BYTES:
             raise DataError(f"{where}: its synthetic data would take over {MAX_SYNTHETIC_BYTES >> 30} GiB; refused")
     if opts.is_planar and 2 * opts.samples * 2 * 8 > MAX_SYNTHETIC_BYTES:  # train and test, 2 float64 coordinates

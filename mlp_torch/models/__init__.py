@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from ..errors import UsageError
 from .base import BACKENDS, Classifier, check_choice
 from .mlp import ACTIVATIONS, MLP, OUTPUTS, LinearSoftmax
-from .options import MODEL_KINDS, add_model_arguments, model_kwargs_from_args
 from .perceptron import Perceptron
+
+MODEL_KINDS: tuple[str, ...] = ("softmax", "mlp", "perceptron")
 
 __all__ = [
     "ACTIVATIONS",
@@ -25,9 +26,7 @@ __all__ = [
     "LinearSoftmax",
     "MLP",
     "Perceptron",
-    "add_model_arguments",
     "build_model",
-    "model_kwargs_from_args",
 ]
 
 
