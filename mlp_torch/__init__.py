@@ -1,12 +1,14 @@
 """mlp_torch: the linear softmax classifier and multi-layer perceptrons, gradient by gradient.
 
-Layers, lowest first (a lower layer never imports a higher one):
+The package is layered; a module imports its own layer or lower ones, never a higher one
+(``tests/test_layers.py`` checks every import, and that argparse stays in the command line):
 
-    functional  -> hand-written autograd Functions with the lecture's formulas (ops)
-    models      -> LinearSoftmax, MLP, Perceptron with builtin / custom / manual gradients
-    data        -> CIFAR cat/dog/bear, image folders, synthetic data, on-device batches
-    training    -> train(config) -> metrics, evaluate(...), TensorBoard logging, checkpoints
-    cli         -> the ``mlp-torch`` command
+    base:      errors, utils, metrics                        (anyone may import these)
+    ops:       functional, optim, finite_difference, gradcheck  (the lecture's formulas)
+    models:    models/, compare                              (three gradient paths, compared)
+    data:      data/                                         (datasets, cache, device batches)
+    training:  training/, bench                              (train(config), callbacks, checkpoints)
+    commands:  commands/, cli, __main__                      (the ``mlp-torch`` command)
 """
 
 __version__ = "0.1.0"

@@ -483,12 +483,3 @@ def format_report(report: dict[str, Any]) -> str:
         f"  DataLoader = {d['dataloader_setup']}",
     ]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python scripts/bench.py`` and ``python -m mlp_torch.bench``: the same as ``mlp-torch bench``."""
-    import sys
-
-    from .cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])

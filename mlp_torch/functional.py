@@ -7,6 +7,7 @@ is the formula from the slides, written above it. The public names are plain fun
     h = sigmoid(a) | tanh(a) | relu(a)       # activations
     f = step(a)                              # Rosenblatt's perceptron output
     ℓ = softmax_cross_entropy(a, y)          # ŷ = softmax(a), ℓ = −log ŷ_y
+    ℓ = sigmoid_binary_cross_entropy(p, y)   # ŷ = σ(p), ℓ = −y log ŷ − (1 − y) log(1 − ŷ)
 
 and whole layers as one Function each, which the models' ``custom`` path runs::
 
@@ -23,7 +24,8 @@ Conventions:
 * Shapes: ``x`` is ``(N, in)``, ``W`` is ``(out, in)`` as in the lecture (``a_i = Σ_j w_ij x_j + b_i``),
   logits are ``(N, C)``; a hidden layer's ``a`` and ``h`` are ``(N, H)``. Shape comments use these letters.
 * ``backward`` is written with differentiable tensor ops, so double backward
-  (``gradgradcheck``, Hessian-vector products) works for every Function but ``step``'s.
+  (``gradgradcheck``, Hessian-vector products) works for linear, sigmoid, tanh, relu,
+  softmax-cross-entropy, sigmoid-binary-cross-entropy and the whole layers.
 * The single-op Functions use the ``forward`` + ``setup_context`` style with
   ``generate_vmap_rule = True``, so ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) see
   through them; the whole-layer Functions use the classic ``forward(ctx, …)`` style, which costs
@@ -44,6 +46,7 @@ __all__ = [
     "relu",
     "step",
     "softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
     "linear_sigmoid",
     "linear_tanh",
     "linear_relu",
@@ -117,54 +120,24 @@ class _ActivationFunction(torch.autograd.Function):
 
 
 class SigmoidFunction(_ActivationFunction):
-    """``σ(a) = 1 / (1 + e^{−a})``, exact for any ``a`` down to the float32 subnormals."""
+    """``σ(a) = 1 / (1 + e^{−a})``, computed without overflow for any finite ``a``."""
 
     @staticmethod
     def forward(a: Tensor) -> Tensor:
-        return _sigmoid(a)  # N,H
+        # One formula for both signs, in which e is only raised to non-positive powers:
+        #   σ(a) = e^{min(a, 0)} / (1 + e^{−|a|})
+        #   a ≥ 0: 1 / (1 + e^{−a})          a < 0: e^{a} / (1 + e^{a})
+        # so nothing overflows, and σ(a) ≈ e^{a} keeps its value down to the smallest float32
+        # subnormal (σ(−100) = 3.8e-44, where torch.sigmoid returns 0).
+        numerator = a.clamp_max(0.0).exp_()  # e^{min(a, 0)} ∈ (0, 1], N,H
+        denominator = a.abs().neg_().exp_().add_(1.0)  # 1 + e^{−|a|} ∈ (1, 2], N,H
+        return numerator.div_(denominator)  # N,H
 
     @staticmethod
     def backward(ctx: Any, dh: Tensor) -> Tensor:
         (h,) = ctx.saved_tensors
         # σ'(a) = σ(a)(1 − σ(a)) = h (1 − h)          → da = dh ⊙ h ⊙ (1 − h)
         return dh * h * (1 - h)  # N,H
-
-
-def _sigmoid(a: Tensor, overwrite: bool = False, look_first: bool = False) -> Tensor:
-    """``σ(a)`` to an ulp or two for any ``a``, subnormals included.
-
-    ``torch.sigmoid`` computes ``1 / (1 + e^{−a})`` as accurately as that, but ``e^{−a}`` overflows
-    below ``a ≈ −88.7`` in float32 and the result flushes to 0, though ``σ(−100) = 3.8e-44`` is a float32
-    (a subnormal). There ``σ(a) = e^{a}`` to the last bit, and so is ``σ(a/2)²``, whose ``e^{−a/2}``
-    stays finite. With ``u = e^{−a/2}``, ``σ(a/2)² = 1 / (1 + u)² < 1 / (1 + u²) = σ(a)`` for every
-    ``a``, so
-
-        σ(a) = max(σ(a), σ(a/2)²)
-
-    exactly. Capping the second term at ``1 / max float`` (the least ``1 / (1 + e^{−a})`` can be while
-    ``e^{−a}`` is finite) keeps ``torch.sigmoid``'s value wherever it has one. Two sigmoid passes and
-    four cheap ones take under half the time of the two ``exp`` passes of the two-sided formula
-    ``e^{min(a, 0)} / (1 + e^{−|a|})`` (45 µs against 105 µs for 128 × 512 floats on one CPU core).
-
-    Args:
-        a: the pre-activations.
-        overwrite: ``a`` is the caller's scratch: the tail is computed in its memory.
-        look_first: on the CPU, first read the least ``torch.sigmoid`` value: when none is below the
-            cap, the tail term cannot change anything and is skipped (one pass instead of five).
-            A Python branch on a value, which ``vmap``, ``torch.compile`` and CUDA graphs do not take.
-    """
-    h = torch.sigmoid(a)  # σ(a), 0 where e^{−a} overflows, N,H
-    least = _LEAST_SIGMOID[a.dtype]
-    if look_first and a.device.type == "cpu" and not torch.compiler.is_compiling() and h.numel():
-        if h.amin().item() >= least:
-            return h  # no σ(a) below the cap: max(σ(a), min(σ(a/2)², cap)) = σ(a)
-    half = a.mul_(0.5) if overwrite else torch.mul(a, 0.5)  # a/2, N,H
-    tail = half.sigmoid_().pow_(2).clamp_max_(least)  # σ(a/2)², below σ's range, N,H
-    return h.clamp_min_(tail)  # max(σ(a), σ(a/2)²), N,H
-
-
-# 1 / max float: the least 1 / (1 + e^{−a}) can be while e^{−a} is finite, per floating dtype
-_LEAST_SIGMOID = {t: 1 / torch.finfo(t).max for t in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
 class TanhFunction(_ActivationFunction):
@@ -323,6 +296,54 @@ def _reduce(losses: Tensor, reduction: str, divisor: Tensor | int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# One sigmoid output unit + binary cross-entropy, fused (the forward-pass slide's network)
+# --------------------------------------------------------------------------------------------
+
+
+class SigmoidBinaryCrossEntropyFunction(torch.autograd.Function):
+    """Two classes, one output unit ``p``: ``ŷ = σ(p)``, ``ℓ_n = −y_n log ŷ_n − (1 − y_n) log(1 − ŷ_n)``.
+
+    ``y`` holds the label of each row as a number of ``p``'s dtype, 0 or 1 (or a probability of
+    class 1). ``reduction`` is ``"mean"`` (``ℓ = Σ_n ℓ_n / N``), ``"sum"`` or ``"none"``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p: Tensor, y: Tensor, reduction: str) -> Tensor:
+        # −log σ(p) = log(1 + e^{−p}) = softplus(−p) and −log(1 − σ(p)) = softplus(p), so
+        #   ℓ = y softplus(−p) + (1 − y) softplus(p) = softplus(p) − y p          (softplus(−p) = softplus(p) − p)
+        #     = max(p, 0) − y p + log(1 + e^{−|p|})
+        # e is only raised to non-positive powers and log's argument is in (1, 2]: no overflow and
+        # no log(0) at any finite p (at p = ±1e4 in float32 the loss is exactly 0 or |p|). The small
+        # log term is added last, so a confident right answer keeps it (ℓ = e^{−100} at p = 100, y = 1).
+        losses = (p.clamp_min(0.0) - y * p) + torch.log1p(torch.exp(-p.abs()))  # ℓ_n, N
+        return _reduce(losses, reduction, p.shape[0])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, str], output: Tensor) -> None:
+        p, y, reduction = inputs
+        # ŷ is recomputed from p in backward (one exp a row): saving inputs keeps double backward correct.
+        ctx.save_for_backward(p, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx: Any, dloss: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        p, y = ctx.saved_tensors
+        n = p.shape[0]
+        y_hat = SigmoidFunction.apply(p)  # ŷ = σ(p), N (our sigmoid: its derivative serves double backward)
+        # dℓ_n/dp_n = ŷ_n − y_n
+        dp = y_hat - y  # N
+        # dℓ_n/dy_n = −p_n   (a probability target's gradient; class labels need none)
+        dy = -p if ctx.needs_input_grad[1] else None  # N
+        if ctx.reduction == "mean":
+            # dℓ/dp = (ŷ − y) / N
+            dp = dp / n
+            dy = None if dy is None else dy / n
+        return dp * dloss, None if dy is None else dy * dloss, None
+
+
+# --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
 
@@ -410,15 +431,54 @@ def softmax_cross_entropy(
     raise ValueError(f"target must be class indices (N,) or probability rows (N, C); got shape {tuple(target.shape)}")
 
 
+def sigmoid_binary_cross_entropy(p: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of one sigmoid output unit: ``ŷ = σ(p)``, ``ℓ = −y log ŷ − (1 − y) log(1 − ŷ)``.
+
+    Matches ``F.binary_cross_entropy_with_logits(p, y.float())``. The backward is the fused
+    gradient ``dℓ/dp = ŷ − y`` (÷N for ``"mean"``), the two-class twin of softmax
+    cross-entropy's ``ŷ − y``. The loss is computed from ``p`` as ``softplus(p) − y p``, never as
+    ``log σ(p)``, so it is finite at every finite ``p``.
+
+    Args:
+        p: ``(N,)`` floating-point scores of the output unit (``ŷ = σ(p)`` is the probability of class 1).
+        y: ``(N,)`` labels, an integer tensor of 0s and 1s, or probabilities of class 1 in ``p``'s dtype.
+        reduction: ``"mean"`` (over samples), ``"sum"`` or ``"none"`` (the ``(N,)`` losses).
+
+    An empty batch gives ``nan`` for ``"mean"`` (0/0, as PyTorch), ``0`` for ``"sum"``.
+
+    Raises:
+        ValueError: ``p`` not 1-D, ``y`` of another length, a label other than 0 or 1, unknown reduction.
+        TypeError: integer ``p``, or float labels of another dtype than ``p``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    if p.dim() != 1:
+        raise ValueError(f"p must be 1-D (N,), one score per sample; got shape {tuple(p.shape)}")
+    if not p.is_floating_point():
+        raise TypeError(f"p must be floating point; got {p.dtype}")
+    if y.device != p.device:
+        raise ValueError(f"y is on {y.device} but p is on {p.device}; move both to one device")
+    if y.dim() != 1:
+        raise ValueError(f"y must be 1-D (N,), one label per sample; got shape {tuple(y.shape)}")
+    if y.is_floating_point():
+        if y.dtype != p.dtype:
+            raise TypeError(f"probability targets must have p's dtype {p.dtype}; got {y.dtype}")
+        if y.shape[0] != p.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} labels but p has {p.shape[0]} rows")
+    else:
+        _check_class_indices(y, p.shape[0], 2)
+        y = y.to(p.dtype)
+    return SigmoidBinaryCrossEntropyFunction.apply(p, y, reduction)
+
+
 # --------------------------------------------------------------------------------------------
 # Whole layers as one Function: the same formulas, fewer Functions and passes (the models' path)
 # --------------------------------------------------------------------------------------------
 #
 # A hidden layer h = f(x Wᵀ + b) as one Function instead of two: the activation works in the memory
-# of the pre-activation a, which nobody else holds (tanh and relu overwrite it, the sigmoid uses it
-# as scratch), and a training step of an L-layer MLP enters Python from the autograd engine L times
-# each way instead of 2L + 1. The output layer and the loss are
-# one Function too. Each backward is the two ops' formulas, one after the other; the single-op
+# of the pre-activation a, which nobody else holds (tanh and relu overwrite it), and a training step of
+# an L-layer MLP enters Python from the autograd engine L times each way instead of 2L + 1. The output
+# layer and the loss are one Function too. Each backward is the two ops' formulas, one after the other; the single-op
 # Functions above are the reference these are tested against.
 #
 # These use the classic forward(ctx, ...) style: a Function with setup_context binds its arguments
@@ -443,13 +503,26 @@ def _linear_backward(ctx: Any, da: Tensor, x: Tensor, weight: Tensor) -> tuple[T
     return dx, dW, db
 
 
+def _all_normal(h: Tensor) -> bool:
+    """Every ``h`` at least the least normal float: read on the CPU, assumed not elsewhere (no host sync)."""
+    if h.numel() == 0:
+        return True
+    if h.device.type != "cpu" or torch.compiler.is_compiling():
+        return False  # take the where: reading a value back would stall a GPU or break a CUDA graph's capture
+    return bool(h.amin() >= torch.finfo(h.dtype).tiny)
+
+
 class LinearSigmoidFunction(torch.autograd.Function):
     """``h = σ(x Wᵀ + b)``: the MLP slides' hidden layer ``a₁ = σ(W₁x + b₁)``. Saves x, W and h."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         a = torch.addmm(bias, x, weight.T)  # a = x Wᵀ + b, N,H
-        h = _sigmoid(a, overwrite=True, look_first=True)  # h = σ(a), N,H
+        h = torch.sigmoid(a)  # h = σ(a) = 1 / (1 + e^{−a}), N,H
+        # PyTorch's one-exp kernel is a fifth of our two-exp one's time, and as exact until e^{−a} overflows
+        # (a < −87: σ becomes subnormal, then 0); only there take ours. On the CPU, look first (one cheap pass).
+        if not _all_normal(h):
+            h = torch.where(h < torch.finfo(h.dtype).tiny, SigmoidFunction.forward(a), h)  # N,H
         _save_dense(ctx, x, weight, h)
         return h
 

@@ -7,8 +7,8 @@ For each op in :mod:`mlp_torch.functional` three checks run:
 * ``gradgradcheck``: ``torch.autograd.gradgradcheck`` in float64, with the same error measured
   on the Jacobian of the vector-Jacobian product (double backward);
 * ``vs-torch-float32``: forward and backward against PyTorch's op (``F.linear``, ``torch.sigmoid``,
-  ``torch.tanh``, ``F.relu``, ``F.cross_entropy``, ``x > 0``; the whole-layer Functions against
-  those composed) in float32, with explicit tolerances.
+  ``torch.tanh``, ``F.relu``, ``F.cross_entropy``, ``F.binary_cross_entropy_with_logits``, ``x > 0``;
+  the whole-layer Functions against those composed) in float32, with explicit tolerances.
 
 ``mlp-torch gradcheck`` prints the table; :func:`run_checks` returns it.
 """
@@ -81,6 +81,22 @@ def _sce_soft_inputs(dtype: torch.dtype, device: torch.device, g: torch.Generato
     return logits, probs
 
 
+def _sbce_inputs(dtype: torch.dtype, device: torch.device, g: torch.Generator) -> tuple[Tensor, ...]:
+    p = (3 * torch.randn(6, generator=g, dtype=torch.float64)).to(dtype=dtype, device=device)
+    labels = torch.randint(0, 2, (6,), generator=g).to(device)
+    return p, labels
+
+
+def _sbce_soft_inputs(dtype: torch.dtype, device: torch.device, g: torch.Generator) -> tuple[Tensor, ...]:
+    p = (3 * torch.randn(6, generator=g, dtype=torch.float64)).to(dtype=dtype, device=device)
+    probabilities = torch.rand(6, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    return p, probabilities
+
+
+def _bce_with_logits(p: Tensor, y: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(p, y.to(p.dtype))
+
+
 def _elementwise(dtype: torch.dtype, device: torch.device, g: torch.Generator) -> tuple[Tensor, ...]:
     return (_away_from_zero((4, 5), dtype, device, g),)
 
@@ -122,6 +138,8 @@ CASES: tuple[OpCase, ...] = (
     OpCase("step", mf.step, lambda x: (x > 0).to(x.dtype) + 0 * x, _elementwise),
     OpCase("softmax_cross_entropy", mf.softmax_cross_entropy, F.cross_entropy, _sce_inputs),
     OpCase("softmax_cross_entropy[soft]", mf.softmax_cross_entropy, F.cross_entropy, _sce_soft_inputs),
+    OpCase("sigmoid_binary_cross_entropy", mf.sigmoid_binary_cross_entropy, _bce_with_logits, _sbce_inputs),
+    OpCase("sigmoid_binary_cross_entropy[soft]", mf.sigmoid_binary_cross_entropy, _bce_with_logits, _sbce_soft_inputs),
     # whole layers as one Function (the models' custom path), against PyTorch's ops composed
     OpCase("linear_sigmoid", mf.linear_sigmoid, lambda x, w, b: torch.sigmoid(F.linear(x, w, b)), _layer_inputs),
     OpCase("linear_tanh", mf.linear_tanh, lambda x, w, b: torch.tanh(F.linear(x, w, b)), _layer_inputs),
@@ -235,8 +253,9 @@ def run_checks(device: torch.device | str = "cpu", seed: int = 0) -> list[CheckR
 
 def format_table(rows: Sequence[CheckResult]) -> str:
     """Render rows as a fixed-width text table."""
-    header = f"{'op':<28} {'check':<17} {'max abs error':>13}  passed"
+    width = max(len("op"), *(len(r.op) for r in rows))
+    header = f"{'op':<{width}} {'check':<17} {'max abs error':>13}  passed"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.op:<28} {r.check:<17} {r.max_abs_error:>13.2e}  {'yes' if r.passed else 'NO'}")
+        lines.append(f"{r.op:<{width}} {r.check:<17} {r.max_abs_error:>13.2e}  {'yes' if r.passed else 'NO'}")
     return "\n".join(lines)

@@ -1,22 +1,56 @@
-"""Small helpers shared by every layer: choosing the device once, seeding once, writing files whole,
-printing to a reader that may go away."""
+"""Small helpers shared by every layer: config fields that are also flags, choosing the device once,
+seeding once, writing files whole, printing to a reader that may go away."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
 from .errors import UsageError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    default_factory: Callable[[], Any] | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
+    """A config dataclass field that is also a command-line flag (``batch_size`` -> ``--batch-size``).
+
+    The default is written here and nowhere else: the command line takes it, and its help text,
+    choices and metavar, from the field (:mod:`mlp_torch.commands._flags`), so a config built in
+    Python and one built from flags cannot drift apart.
+
+    Args:
+        default: the field's default (or give ``default_factory``).
+        help: the flag's help text; ``--help`` adds the default unless the text says it.
+        default_factory: makes the default, for lists and values read from the environment.
+        choices: the allowed values.
+        metavar: the value's name in ``--help``.
+        parse: turns the flag's text into the value, where the annotation alone cannot
+            (``--classes cat,dog`` -> ``["cat", "dog"]``).
+    """
+    flag = {"help": help, "choices": choices, "metavar": metavar, "parse": parse}
+    metadata = {key: value for key, value in flag.items() if value is not None}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 SEED_LIMIT = 2**64  # torch.manual_seed takes a 64-bit seed
 
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from mlp_torch.bench import main
+from mlp_torch.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -11,6 +11,8 @@ from mlp_torch import metrics
 from mlp_torch.data import (
     DataOptions,
     DeviceBatches,
+    RawSplits,
+    Split,
     Standardizer,
     balance_weights,
     class_weights,
@@ -19,6 +21,10 @@ from mlp_torch.data import (
     random_flip,
     stratified_split,
 )
+from mlp_torch.data.bundle import LOADERS
+from mlp_torch.data.cache import load_cached, save_cached
+from mlp_torch.data.options import DATASETS
+from mlp_torch.data.synthetic import make_synthetic
 from mlp_torch.errors import UsageError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -88,6 +94,18 @@ def test_stratified_split_is_per_class_seeded_and_disjoint():
     assert torch.equal(val, same_val) and torch.equal(train, same_train)
     assert not torch.equal(val, stratified_split(y, 0.1, seed=8)[1])
     assert len(stratified_split(y, 0.0, seed=7)[1]) == 0
+
+
+def test_every_dataset_has_a_loader_and_sources_deliver_typed_splits(tmp_path):
+    assert set(LOADERS) == set(DATASETS)
+    raw = make_synthetic(3, train_per_class=4, test_per_class=2, size=8, seed=0)
+    assert isinstance(raw, RawSplits) and isinstance(raw.train, Split) and isinstance(raw.test, Split)
+    assert raw.train.x.shape == (12, 3, 8, 8) and raw.train.y.shape == (12,) and len(raw.test) == 6
+    path = tmp_path / "cache.pt"
+    assert save_cached(path, "key", raw)
+    cached = load_cached(path, "key")
+    assert cached is not None and torch.equal(cached.train.x, raw.train.x) and torch.equal(cached.test.y, raw.test.y)
+    assert load_cached(path, "another key") is None
 
 
 def test_bundle_val_comes_from_train_and_test_is_untouched(synthetic):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mlp_torch.cli import main
-from mlp_torch.data import add_data_arguments, data_options_from_args
+from mlp_torch.commands._flags import add_data_arguments, data_options_from_args
 
 
 def test_data_command_prints_counts_and_writes_json(tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_shared_flags_build_options_and_env_overrides_the_urls(monkeypatch, tmp_
             "0" * 32,
         ]
     )
-    opts = data_options_from_args(args)
+    opts = data_options_from_args(args, seed=args.seed)
     assert opts.classes == ["cat", "bear"] and opts.cache_dir == tmp_path and opts.seed == 3
     assert opts.balance == "sample" and opts.augment_flip and opts.augment_crop == 4
     assert opts.cifar100_url == "http://127.0.0.1:1/x.tar.gz" and opts.cifar10_md5 == "0" * 32

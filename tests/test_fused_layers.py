@@ -12,7 +12,7 @@ from mlp_torch.models import MLP, LinearSoftmax
 from mlp_torch.models.activations import ACTIVATION_TABLE, ACTIVATIONS
 
 FUSED = {"sigmoid": mf.linear_sigmoid, "tanh": mf.linear_tanh, "relu": mf.linear_relu}
-SINGLE = {"sigmoid": mf.sigmoid, "tanh": mf.tanh, "relu": mf.relu}
+SINGLE = {"tanh": mf.tanh, "relu": mf.relu}
 
 
 def layer_inputs(n: int, d_in: int, d_out: int, device: torch.device, dtype: torch.dtype = torch.float64):
@@ -39,7 +39,7 @@ def grads(fn, inputs: tuple[torch.Tensor, ...], wanted: tuple[bool, ...], upstre
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("name", ["tanh", "relu"])
 @pytest.mark.parametrize("x_needs_grad", [True, False], ids=["dx", "first-layer"])
 def test_fused_layer_is_bitwise_the_composed_ops(device, name, x_needs_grad):
     """Same addmm, same activation kernel, same backward formulas: the same bits, forward and backward."""
@@ -49,6 +49,22 @@ def test_fused_layer_is_bitwise_the_composed_ops(device, name, x_needs_grad):
     fused_out, fused_grads = grads(FUSED[name], (x, w, b), wanted)
     ref_out, ref_grads = grads(lambda x, w, b: SINGLE[name](mf.linear(x, w, b)), (x, w, b), wanted)
     assert torch.equal(fused_out, ref_out)
+    assert all(torch.equal(g, r) for g, r in zip(fused_grads, ref_grads))
+
+
+@pytest.mark.parametrize("x_needs_grad", [True, False], ids=["dx", "first-layer"])
+def test_sigmoid_layer_is_bitwise_torch_sigmoid_then_the_lecture_backward(device, x_needs_grad):
+    """Forward: torch.sigmoid's bits; backward: da = dh ⊙ h ⊙ (1 − h), then linear's backward, bit for bit."""
+    torch.manual_seed(0)
+    x, w, b = (torch.randn(*s, device=device) for s in [(16, 24), (8, 24), (8,)])
+    wanted = (x_needs_grad, True, True)
+    fused_out, fused_grads = grads(mf.linear_sigmoid, (x, w, b), wanted)
+    leaves = [t.clone().requires_grad_(need) for t, need in zip((x, w, b), wanted)]
+    a = mf.linear(*leaves)
+    h = torch.sigmoid(a.detach())
+    dh = torch.randn(h.shape, generator=torch.Generator().manual_seed(1)).to(h)  # grads()'s upstream u
+    ref_grads = torch.autograd.grad(a, [t for t in leaves if t.requires_grad], dh * h * (1 - h))
+    assert torch.equal(fused_out, h)
     assert all(torch.equal(g, r) for g, r in zip(fused_grads, ref_grads))
 
 
@@ -93,22 +109,45 @@ def test_fused_layer_saves_x_for_dW_w_for_dx_and_its_output(name):
     assert len(frozen) == 2 and not any(t is x for t in frozen)
 
 
+def sigmoid_layer(a: torch.Tensor) -> torch.Tensor:
+    return mf.linear_sigmoid(a[:, None], torch.ones(1, 1), torch.zeros(1))[:, 0]  # σ(1·a + 0)
+
+
 def test_sigmoid_layer_is_exact_down_to_the_subnormals():
     """σ(a) rounds to the float32 subnormals where PyTorch's kernel flushes e^{−a} overflow to 0."""
     a = torch.tensor([-400.0, -103.0, -100.0, -95.0, -88.8, -88.0, -20.0, 0.0, 20.0, 400.0])
-    h = mf.linear_sigmoid(a[:, None], torch.ones(1, 1), torch.zeros(1))[:, 0]
+    h = sigmoid_layer(a)
     exact = torch.sigmoid(a.double())
     torch.testing.assert_close(h.double(), exact, rtol=2**-23, atol=1e-44)
     assert h[2] > 0 and torch.sigmoid(a)[2] == 0  # σ(−100) = 3.8e-44: ours keeps it, torch.sigmoid gives 0
 
 
+def test_sigmoid_layer_takes_torch_sigmoid_bits_and_ours_only_below_the_normal_floats(monkeypatch):
+    """Bitwise torch.sigmoid wherever its value is a normal float, bitwise our exact sigmoid below; the
+    same bits whether the CPU looks first (and skips the tail) or not (as on a GPU or under torch.compile)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.cat([torch.linspace(-110.0, 30.0, 200_001), 8 * torch.randn(50_000, generator=g)])
+    tiny = torch.finfo(torch.float32).tiny
+    theirs, ours_exact = torch.sigmoid(a), mf.sigmoid(a)
+    normal = theirs >= tiny
+    assert 0 < normal.sum() < a.numel()  # both sides of the threshold are swept
+    looked = sigmoid_layer(a)
+    assert torch.equal(looked[normal], theirs[normal])
+    assert torch.equal(looked[~normal], ours_exact[~normal])
+    body = a[a > -80]  # no tail: the CPU's look finds none and returns torch.sigmoid as it is
+    assert torch.equal(sigmoid_layer(body), torch.sigmoid(body))
+    monkeypatch.setattr(mf, "_all_normal", lambda h: False)  # the path that never reads a value back
+    assert torch.equal(sigmoid_layer(a), looked)
+    assert torch.equal(sigmoid_layer(body), torch.sigmoid(body))
+
+
 def test_sigmoid_is_within_an_ulp_or_two_everywhere():
-    """The single op and the layer share one formula: within 2.5 ulp of float64's σ over a dense sweep,
-    and within one step of the spacing of the subnormals in their range (a < −87.3)."""
+    """The single op and the layer: within 2.5 ulp of float64's σ over a dense sweep, and within one
+    step of the spacing of the subnormals in their range (a < −87.3)."""
     a = torch.cat([torch.linspace(-110.0, 30.0, 400_001), 8 * torch.randn(100_000, generator=torch.Generator())])
     exact = torch.sigmoid(a.double())
     spacing = torch.exp2(torch.floor(torch.log2(exact)).clamp(min=-126) - 23)  # float32's ulp at σ(a)
-    for h in (mf.sigmoid(a), mf.linear_sigmoid(a[:, None], torch.ones(1, 1), torch.zeros(1))[:, 0]):
+    for h in (mf.sigmoid(a), sigmoid_layer(a)):
         error = (h.double() - exact).abs() / spacing
         assert error[exact >= 2**-126].max() <= 2.5
         assert error[exact < 2**-126].max() <= 1.0
@@ -202,9 +241,11 @@ def test_output_layer_bad_input():
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation_table_pairs_each_fused_layer_with_its_ops(name):
+    """The custom path's hidden layer gives the builtin path's bits."""
     x, w, b = layer_inputs(6, 5, 4, torch.device("cpu"), torch.float32)
     entry = ACTIVATION_TABLE[name]
-    assert torch.equal(entry.custom_layer(x, w, b), entry.custom(mf.linear(x, w, b)))
+    assert torch.equal(entry.custom_layer(x, w, b), entry.builtin(F.linear(x, w, b)))
+    torch.testing.assert_close(entry.custom_layer(x, w, b), entry.custom(mf.linear(x, w, b)), rtol=3e-7, atol=0)
 
 
 def test_custom_models_run_one_function_per_layer():

@@ -3,6 +3,7 @@ a run is trained by one process at a time, and what a killed save left is cleane
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupts import signal_during_step
 from PIL import Image
 
 from mlp_torch.cli import main, typed_options
 from mlp_torch.data import DataOptions
 from mlp_torch.errors import DataError, RunInUseError, UsageError
-from mlp_torch.training import TrainConfig, load_checkpoint, load_run_config, train
+from mlp_torch.training import Callback, TrainConfig, TrainState, load_checkpoint, load_run_config, train
 from mlp_torch.training.rundir import LOCK_FILE, RunLock
-from mlp_torch.training.trainer import Trainer
 
 # 2,700 synthetic 8x8 training images in batches of 256: 11 steps per epoch
 CLI = ["--dataset", "synthetic", "--image-size", "8", "--hidden", "8", "--batch-size", "256", "--no-cache"]
@@ -72,22 +73,12 @@ def test_resuming_a_completed_run_with_more_epochs_trains_them_on_the_stretched_
     assert [h["lr"] for h in metrics["history"][2:]] == [h["lr"] for h in planned["history"][2:]]
 
 
-def signal_at_first_step(monkeypatch) -> None:
-    check_finite = Trainer.check_finite
-
-    def check_then_signal(self, loss, layer_sq, step):
-        check_finite(self, loss, layer_sq, step)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(Trainer, "check_finite", check_then_signal)
-
-
 def test_epochs_typed_on_resume_count_even_when_they_equal_the_default(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     assert main(["train", *CLI, "--epochs", "1", "--runs-dir", str(runs)]) == 0
     run_dir = only_run_dir(runs)
     with monkeypatch.context() as patch:  # stop right after the first new step: only config.json matters
-        signal_at_first_step(patch)
+        signal_during_step(patch)
         assert main(["train", "--resume", str(run_dir), "--epochs", str(TrainConfig().epochs)]) == 130
     assert saved_epochs(run_dir) == TrainConfig().epochs == 30
     # the interrupted extension resumes to the new total without --epochs
@@ -266,20 +257,30 @@ def test_a_run_held_by_another_process_is_refused_and_a_dead_holder_does_not_blo
     assert len(history(run_dir)) == 2
 
 
+class LockIsHeld(Callback):
+    """Checks, during every step, that another process could not take the run's lock."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, state: TrainState) -> None:
+        with pytest.raises(RunInUseError):
+            RunLock(state.run_dir)
+        self.steps += 1
+
+
 def test_the_lock_is_held_while_training_and_released_after(tmp_path):
     data = DataOptions(dataset="synthetic", image_size=8, cache=False, synthetic_train_per_class=40)
     config = TrainConfig(hidden=[8], epochs=1, device="cpu", progress=False, runs_dir=tmp_path, data=data)
-    trainer = Trainer(config)
-    with pytest.raises(RunInUseError):
-        RunLock(trainer.run_dir)
-    trainer.run()
-    RunLock(trainer.run_dir).release()  # free again once the run ended
+    probe = LockIsHeld()
+    run_dir = Path(train(config, callbacks=[probe])["run_dir"])
+    assert probe.steps > 0
+    RunLock(run_dir).release()  # free again once the run ended
 
-    resumed = Trainer(load_run_config(trainer.run_dir), resume=trainer.run_dir)
-    with pytest.raises(RunInUseError):
-        RunLock(trainer.run_dir)
-    resumed.close()
-    RunLock(trainer.run_dir).release()
+    probe = LockIsHeld()
+    train(dataclasses.replace(load_run_config(run_dir), epochs=2), resume=run_dir, callbacks=[probe])
+    assert probe.steps > 0
+    RunLock(run_dir).release()
 
 
 def test_temporary_files_of_a_killed_save_are_removed_when_the_run_is_resumed(tmp_path, capsys):

@@ -16,7 +16,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-import mlp_torch.training.trainer as trainer_module
+import mlp_torch.training.callbacks as callbacks_module
 from mlp_torch.compare import TOL_BACKENDS_FLOAT32
 from mlp_torch.data import DataOptions
 from mlp_torch.training import TrainConfig, load_checkpoint, load_run_config, train
@@ -151,13 +151,13 @@ def test_gradient_check_is_logged_and_small(tmp_path, backend):
 
 
 def test_gradient_check_catches_a_wrong_gradient(tmp_path, monkeypatch):
-    backend_gradients = trainer_module.backend_gradients
+    backend_gradients = callbacks_module.backend_gradients
 
     def one_percent_off(model, x, y, backend, class_weight=None):
         loss, grads = backend_gradients(model, x, y, backend, class_weight)
         return loss, grads if backend == "builtin" else {k: 1.01 * g for k, g in grads.items()}
 
-    monkeypatch.setattr(trainer_module, "backend_gradients", one_percent_off)
+    monkeypatch.setattr(callbacks_module, "backend_gradients", one_percent_off)
     config = tiny_config(tmp_path, epochs=1, check_grads_every=2, histogram_every=0)
     events = read_events(Path(train(config)["run_dir"]))
     # elementwise max_rel is at least 0.01 / 2.01, more where float32 noise already dominates an entry

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from interrupts import SignalDuringStep, signal_during_step
 
 from mlp_torch.cli import main
 from mlp_torch.data import DataOptions, load_data
 from mlp_torch.errors import UsageError
 from mlp_torch.training import TrainConfig, evaluate, load_checkpoint, load_run_config, train
 from mlp_torch.training.inference import load_model
-from mlp_torch.training.trainer import Trainer, make_run_dir
+from mlp_torch.training.trainer import make_run_dir
 
 TEST_SIZE = 3 * 20  # 3 classes × synthetic_test_per_class
 STEPS_PER_EPOCH = 6  # 3 × 54 training images (6 per class go to validation) in batches of 32
@@ -291,25 +292,12 @@ def test_resume_at_an_epoch_boundary_is_bitwise_exact(tmp_path, data):
         assert metrics[key] == reference[key], key
 
 
-def signal_at_step(monkeypatch, global_step: int, signum: int = signal.SIGINT) -> None:
-    """Send ``signum`` to this process while the trainer is inside step ``global_step`` (0-based)."""
-    check_finite = Trainer.check_finite
-
-    def check_then_signal(self, loss, layer_sq, step):
-        check_finite(self, loss, layer_sq, step)
-        if self.global_step == global_step:
-            os.kill(os.getpid(), signum)
-
-    monkeypatch.setattr(Trainer, "check_finite", check_then_signal)
-
-
-def test_resume_in_the_middle_of_an_epoch_is_bitwise_exact(tmp_path, monkeypatch):
+def test_resume_in_the_middle_of_an_epoch_is_bitwise_exact(tmp_path):
     config = tiny_config(tmp_path / "whole", epochs=3, data=tiny_data(augment_flip=True), histogram_every=0)
     whole = Path(train(config)["run_dir"])
 
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, STEPS_PER_EPOCH + 2)  # the third step of epoch 2
-        stopped = train(dataclasses.replace(config, runs_dir=tmp_path / "split"))
+    third_step_of_epoch_2 = SignalDuringStep(STEPS_PER_EPOCH + 2)
+    stopped = train(dataclasses.replace(config, runs_dir=tmp_path / "split"), callbacks=[third_step_of_epoch_2])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"
     run_dir = Path(stopped["run_dir"])
     assert stopped["status"] == "interrupted" and stopped["epochs"] == 1
@@ -347,7 +335,7 @@ def test_cli_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkey
         "cli-resume",
     ]
     with monkeypatch.context() as patch:
-        signal_at_step(patch, 13)  # 2,700 training images in batches of 256: 11 steps per epoch
+        signal_during_step(patch, 13)  # 2,700 training images in batches of 256: 11 steps per epoch
         assert main(args) == 130
     out = capsys.readouterr().out
     run_dir = only_run_dir(runs)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..data.options import add_data_arguments, data_options_from_args
+from ._common import HelpFormatter
+from ._flags import add_data_arguments, data_options_from_args
 from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import HelpFormatter
-
     parser = subparsers.add_parser(
         "bench",
         help="time the training step of each backend and the data path; --json for the numbers",
@@ -51,10 +50,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models, the batch and the data")
     add_json_argument(
-        parser, '{"device", "torch", "threads", "clock", "steps": [{"ms", "ms_min", "ms_iqr", ...}], "data": {...}}'
+        parser,
+        '{"device", "torch", "threads", "clock", "steps": [{"ms", "ms_min", "ms_iqr", ...}], "gemm_efficiency", '
+        '"data": {...}}',
     )
-    add_data_arguments(parser)
-    parser.set_defaults(dataset="synthetic", func=run)
+    add_data_arguments(parser, dataset="synthetic")
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     settings.batch_sizes = tuple(dict.fromkeys(args.batch_sizes))  # in the order given, each once
     if args.rounds is not None:
         settings.rounds = {"softmax": 20 * args.rounds, "mlp": args.rounds}
-    bundle = load_data(data_options_from_args(args))
+    bundle = load_data(data_options_from_args(args, seed=args.seed))
     report = run_benchmark(bundle, device, settings, workers=args.workers, seed=args.seed)
     print(format_report(report), file=report_stream(args.json))
     write_json(args.json, report)

@@ -7,16 +7,14 @@ from typing import Any
 
 import torch
 
-from ..data.options import add_data_arguments, data_options_from_args
-from ..models.options import add_model_arguments, model_kwargs_from_args
+from ._common import HelpFormatter
+from ._flags import add_data_arguments, add_model_arguments, data_options_from_args, model_kwargs_from_args
 from .json_output import add_json_argument, report_stream, write_json
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import HelpFormatter
-
     parser = subparsers.add_parser(
         "compare",
         help="compare builtin, custom and manual gradients (and finite differences) on one batch",
@@ -33,9 +31,8 @@ def register(subparsers: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    add_model_arguments(parser, backend=False)
-    add_data_arguments(parser)
-    parser.set_defaults(dataset="synthetic")
+    add_model_arguments(parser, names=("model", "hidden", "activation"))  # every backend, no --backend
+    add_data_arguments(parser, dataset="synthetic")
     parser.add_argument(
         "--dtype",
         choices=tuple(DTYPES),
@@ -67,7 +64,7 @@ def load_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, to
     """
     from ..data import Standardizer, balance_weights, load_data
 
-    opts = data_options_from_args(args)
+    opts = data_options_from_args(args, seed=args.seed)
     bundle = load_data(opts)
     generator = torch.Generator().manual_seed(args.seed)
     index = torch.randperm(len(bundle.train.y), generator=generator)[: args.batch_size]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.options import add_data_arguments, data_options_from_args
+from ._common import HelpFormatter
+from ._flags import add_data_arguments, data_options_from_args
 from .json_output import add_json_argument, report_stream, write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import HelpFormatter
-
     parser = subparsers.add_parser(
         "data",
         help="show the dataset a run would use: classes, per-split counts, cache",
@@ -31,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import load_data
 
-    bundle = load_data(data_options_from_args(args))
+    bundle = load_data(data_options_from_args(args, seed=args.seed))
     counts = bundle.counts()
     width = max(len(c) for c in bundle.classes)
     lines = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cli import HelpFormatter
+from ._common import HelpFormatter
 
 
 def register(subparsers: Any) -> None:

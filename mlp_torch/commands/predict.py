@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import HelpFormatter
+from ._common import HelpFormatter
 from .json_output import add_json_argument, report_stream, write_json
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import INTERRUPTED_EXIT, HelpFormatter, typed_options
-from ..data import add_data_arguments, data_options_from_args
 from ..data.saved import LOCATION_KEYS, data_options_from_saved, location_overrides
-from ..models import add_model_arguments
-from ..training.config import DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig
+from ..training.config import TrainConfig
+from ._common import INTERRUPTED_EXIT, HelpFormatter
+from ._flags import MODEL_FIELDS, add_data_arguments, add_fields, add_model_arguments, data_options_from_args, values
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
 RESUMABLE = ("epochs", "device", "progress")
@@ -20,8 +20,26 @@ RESUMABLE = ("epochs", "device", "progress")
 DATA_LOCATIONS = ("data_root", "cache_dir", "cache", *LOCATION_KEYS)
 
 
+# The groups of `mlp-torch train --help`; every other TrainConfig field goes under "run".
+OPTIMISATION_FIELDS: tuple[str, ...] = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "step_size",
+    "gamma",
+)
+RUN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*MODEL_FIELDS, *OPTIMISATION_FIELDS, "data")
+)
+
+
 def register(subparsers: Any) -> None:
-    d = TrainConfig()
     parser = subparsers.add_parser(
         "train",
         help="train a classifier; runs go to runs/<date-time>_<name>/",
@@ -39,64 +57,10 @@ def register(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
-    parser.set_defaults(model=d.model, hidden=d.hidden, activation=d.activation, backend=d.backend)
     add_data_arguments(parser)
-    parser.set_defaults(augment_flip=d.data.augment_flip, augment_crop=d.data.augment_crop)
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument(
-        "--epochs",
-        type=int,
-        default=d.epochs,
-        help="passes over the training split; with --resume the new total, the schedule re-stretched to it",
-    )
-    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd (the lecture's) or adam")
-    opt.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="peak learning rate η; linear models (softmax, perceptron, an mlp without hidden "
-        f"layers) need a smaller one (default: mlp {DEFAULT_LR['mlp']}, linear models "
-        f"{DEFAULT_LR['linear']})",
-    )
-    opt.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (0 = plain SGD)")
-    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov, help="Nesterov momentum")
-    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty λ (adds λw to ∂ℓ/∂w)")
-    opt.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule after warm-up")
-    opt.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=d.warmup_epochs,
-        help="linear warm-up from 0 to --lr over this many epochs",
-    )
-    opt.add_argument("--step-size", type=int, default=d.step_size, help="schedule step: epochs between decays")
-    opt.add_argument("--gamma", type=float, default=d.gamma, help="schedule step: decay factor")
+    add_fields(parser.add_argument_group("optimisation"), TrainConfig, OPTIMISATION_FIELDS)
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=d.seed, help="seeds initialisation, split, shuffling, augmentation")
-    run.add_argument("--device", default=d.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    run.add_argument("--runs-dir", type=Path, default=d.runs_dir, help="where run directories are created")
-    run.add_argument("--name", default=d.name, help="run name (default: from the model, e.g. mlp512-sigmoid-custom)")
-    run.add_argument(
-        "--check-grads-every",
-        type=int,
-        default=d.check_grads_every,
-        metavar="N",
-        help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)",
-    )
-    run.add_argument(
-        "--histogram-every",
-        type=int,
-        default=d.histogram_every,
-        metavar="N",
-        help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)",
-    )
-    run.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=d.progress,
-        help="a progress bar per epoch on stderr, beside the one line per epoch on stdout "
-        "(default: only when stderr is a terminal)",
-    )
+    add_fields(run, TrainConfig, RUN_FIELDS)
     run.add_argument(
         "--resume",
         type=Path,
@@ -109,31 +73,9 @@ def register(subparsers: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` the parsed flags describe."""
+    """The :class:`TrainConfig` the parsed flags describe (``--seed`` seeds the data too)."""
     return TrainConfig(
-        model=args.model,
-        hidden=list(args.hidden),
-        activation=args.activation,
-        backend=args.backend,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        step_size=args.step_size,
-        gamma=args.gamma,
-        seed=args.seed,
-        device=args.device,
-        runs_dir=args.runs_dir,
-        name=args.name,
-        check_grads_every=args.check_grads_every,
-        histogram_every=args.histogram_every,
-        progress=args.progress,
-        data=data_options_from_args(args),
+        **values(args, (*MODEL_FIELDS, *OPTIMISATION_FIELDS, *RUN_FIELDS)), data=data_options_from_args(args)
     )
 
 
@@ -146,18 +88,17 @@ def run_train(args: argparse.Namespace) -> int:
         metrics = train(config)
     else:
         config = load_run_config(args.resume)
-        explicit = typed_options(args._argv)
-        ignored = sorted(explicit - set(RESUMABLE) - set(DATA_LOCATIONS) - {"resume"})
+        ignored = sorted(args.typed - set(RESUMABLE) - set(DATA_LOCATIONS) - {"resume"})
         if ignored:
             print(
                 "mlp-torch train: note: with --resume the run's config.json decides; ignoring "
                 + ", ".join("--" + k.replace("_", "-") for k in ignored),
                 file=sys.stderr,
             )
-        for key in set(RESUMABLE) & explicit:
+        for key in set(RESUMABLE) & args.typed:
             setattr(config, key, getattr(args, key))
         # which data from config.json; where they are and any URL, md5 or cache folder from the command line
-        overrides = location_overrides(args, data_root_given="data_root" in explicit)
+        overrides = location_overrides(args, data_root_given="data_root" in args.typed)
         config.data = data_options_from_saved(config.to_dict()["data"], str(args.resume / "config.json"), overrides)
         config.validate()
         metrics = train(config, resume=args.resume)

@@ -7,21 +7,21 @@ train = bundle.train.to(device)                # moved once
 for xb, yb in DeviceBatches(train.x, train.y, 128, std, generator=g): ...
 """
 
-from .bundle import DataBundle, Split, balance_weights, describe_data_change, load_data, stratified_split
+from .bundle import DataBundle, balance_weights, describe_data_change, load_data, stratified_split
 from .loader import DeviceBatches, class_weights, random_crop, random_flip
-from .options import DataOptions, add_data_arguments, data_options_from_args, default_cache_dir
+from .options import DataOptions, default_cache_dir
 from .preprocess import Standardizer
+from .splits import RawSplits, Split
 
 __all__ = [
     "DataBundle",
     "DataOptions",
     "DeviceBatches",
+    "RawSplits",
     "Split",
     "Standardizer",
-    "add_data_arguments",
     "balance_weights",
     "class_weights",
-    "data_options_from_args",
     "default_cache_dir",
     "describe_data_change",
     "load_data",

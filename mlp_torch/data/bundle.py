@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,34 +21,18 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from . import archive, cache, cifar, folder, synthetic
+from . import archive, cache, cifar, folder, planar, synthetic
 from .loader import class_weights
 from .options import DataOptions
-
-
-@dataclass
-class Split:
-    """One split: uint8 images (N, 3, H, W) and int64 labels (N,)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
-
-    def counts(self, num_classes: int) -> list[int]:
-        return torch.bincount(self.y, minlength=num_classes).tolist()
+from .splits import RawSplits, Split
 
 
 @dataclass
 class DataBundle:
-    """What a run trains on: the three splits (CPU uint8) and where they came from."""
+    """What a run trains on: the three splits (CPU uint8 images or float32 points) and where they came from."""
 
     classes: list[str]
-    image_size: int
+    image_size: int  # pixels a side; 0 for the 2-D datasets, whose samples are points, not images
     source: str  # human readable, e.g. "CIFAR-10 + CIFAR-100 from data/"
     train: Split
     val: Split
@@ -61,8 +47,14 @@ class DataBundle:
         return len(self.classes)
 
     @property
+    def has_images(self) -> bool:
+        """Images (N, 3, H, W), rather than the 2-D datasets' points (N, 2)."""
+        return self.image_size > 0
+
+    @property
     def in_features(self) -> int:
-        return 3 * self.image_size * self.image_size
+        """Inputs per sample: 3·H·W for images, 2 for points."""
+        return 3 * self.image_size * self.image_size if self.has_images else math.prod(self.train.x.shape[1:])
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -134,29 +126,50 @@ def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[t
     return grouped[~to_val].sort().values, grouped[to_val].sort().values
 
 
-def _decode_cached(opts: DataOptions, kind: str, root: Path, classes: list[str], fingerprint, decode):
-    """Run ``decode()`` unless the cache holds its result; returns ``(tensors, cache_path, hit)``."""
+@dataclass
+class Loaded:
+    """What a dataset's loader returns: its classes, where the images came from, the official splits."""
+
+    classes: list[str]
+    source: str  # human readable, e.g. "CIFAR-10 + CIFAR-100 from data/"
+    splits: RawSplits
+    cache_path: Path | None = None  # the cache file read or written, if any
+    cache_hit: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)  # image folders: files passed over, by reason
+
+
+def _decode_cached(
+    opts: DataOptions,
+    kind: str,
+    root: Path,
+    classes: list[str],
+    source: str,
+    fingerprint: object,
+    decode: Callable[[], RawSplits],
+) -> Loaded:
+    """Run ``decode()`` unless the cache holds its result, and cache what it returns."""
     if not opts.cache:
-        return decode(), None, False
+        return Loaded(classes, source, decode())
     key = cache.cache_key(kind, root, classes, opts.image_size, fingerprint)
     path = cache.cache_file(opts.resolved_cache_dir, kind, classes, opts.image_size, key)
-    tensors = cache.load_cached(path, key)
-    if tensors is not None:
-        return tensors, path, True
-    tensors = decode()
-    return tensors, (path if cache.save_cached(path, key, tensors) else None), False
+    cached = cache.load_cached(path, key)
+    if cached is not None:
+        return Loaded(classes, source, cached, path, cache_hit=True)
+    splits = decode()
+    return Loaded(classes, source, splits, path if cache.save_cached(path, key, splits) else None)
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def _resize(split: Split, size: int) -> Split:
+    x = split.x
     if x.shape[-1] == size and x.shape[-2] == size:
-        return x
+        return split
     resized = torch.nn.functional.interpolate(
         x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    return Split(resized.round().clamp(0, 255).to(torch.uint8), split.y)
 
 
-def _load_cifar(opts: DataOptions, allow_download: bool):
+def _load_cifar(opts: DataOptions, allow_download: bool) -> Loaded:
     wanted = cifar.resolve_cifar_classes(opts.classes)
     classes = [name for name, _ in wanted]
     specs = cifar.archive_specs(opts)
@@ -172,15 +185,15 @@ def _load_cifar(opts: DataOptions, allow_download: bool):
         raise type(failures[0])(" — and: ".join(map(str, failures)))
     fingerprint = [cifar.source_fingerprint(specs[k], folders[k]) for k in keys]
 
-    def decode():
-        train_x, train_y, test_x, test_y = cifar.load_cifar(opts, wanted, folders)
-        return _resize(train_x, opts.image_size), train_y, _resize(test_x, opts.image_size), test_y
+    def decode() -> RawSplits:
+        splits = cifar.load_cifar(opts, wanted, folders)
+        return RawSplits(_resize(splits.train, opts.image_size), _resize(splits.test, opts.image_size))
 
     source = f"{' + '.join(specs[k].name for k in keys)} from {root}"
-    return classes, source, *_decode_cached(opts, "cifar", root, classes, fingerprint, decode), {}
+    return _decode_cached(opts, "cifar", root, classes, source, fingerprint, decode)
 
 
-def _load_folder(opts: DataOptions, allow_download: bool):
+def _load_folder(opts: DataOptions, allow_download: bool) -> Loaded:
     root = opts.data_root
     classes = list(opts.classes) if opts.classes is not None else folder.folder_classes(root)
     listing = folder.list_images(root, classes)
@@ -188,31 +201,49 @@ def _load_folder(opts: DataOptions, allow_download: bool):
     if note:
         print(f"note: image folder {root}: {note}", file=sys.stderr)
     fingerprint = folder.source_fingerprint(listing.images)
-    source = f"image folder {root}"
-
-    def decode():
-        return folder.load_folder(listing.images, opts.image_size)
-
-    return (
+    loaded = _decode_cached(
+        opts,
+        "folder",
+        root,
         classes,
-        source,
-        *_decode_cached(opts, "folder", root, classes, fingerprint, decode),
-        listing.skipped_counts(),
+        f"image folder {root}",
+        fingerprint,
+        lambda: folder.load_folder(listing.images, opts.image_size),
     )
+    loaded.skipped = listing.skipped_counts()
+    return loaded
 
 
-def _load_synthetic(opts: DataOptions, allow_download: bool):
+def _load_synthetic(opts: DataOptions, allow_download: bool) -> Loaded:
     classes = list(opts.classes) if opts.classes is not None else synthetic.synthetic_classes()
     if len(classes) < 2:
         raise DataError("synthetic data need at least 2 classes")
-    tensors = synthetic.make_synthetic(
-        len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.seed
+    splits = synthetic.make_synthetic(
+        len(classes), opts.synthetic_train_per_class, opts.synthetic_test_per_class, opts.image_size, opts.resolved_seed
     )
-    return classes, f"synthetic (seed {opts.seed})", tensors, None, False, {}
+    return Loaded(classes, f"synthetic (seed {opts.resolved_seed})", splits)
+
+
+def _load_planar(opts: DataOptions, allow_download: bool) -> Loaded:
+    classes = list(opts.classes) if opts.classes is not None else planar.planar_classes(opts.dataset, opts.arms)
+    seed = opts.resolved_seed
+    splits = planar.make_planar(opts.dataset, opts.samples, opts.noise, opts.arms, seed)
+    arms = f"{opts.arms} arms, " if opts.dataset == "spiral" else ""
+    source = f"2-D {opts.dataset} ({arms}{opts.samples} points, noise {opts.noise:g}, seed {seed})"
+    return Loaded(classes, source, splits)
+
+
+# One loader per --dataset: (options, whether it may download) -> the official splits.
+LOADERS: dict[str, Callable[[DataOptions, bool], Loaded]] = {
+    "cifar": _load_cifar,
+    "folder": _load_folder,
+    "synthetic": _load_synthetic,
+    **{name: _load_planar for name in planar.PLANAR_DATASETS},
+}
 
 
 def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
-    """Load the dataset ``opts`` describes: CPU uint8 splits, validation carved from train.
+    """Load the dataset ``opts`` describes: CPU uint8 splits (float32 points), validation carved from train.
 
     Args:
         opts: which dataset, classes, image size, cache and split.
@@ -220,15 +251,15 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
             a CIFAR archive that is not in ``opts.data_root`` is an error saying where to place it.
     """
     start = time.perf_counter()
-    loader = {"cifar": _load_cifar, "folder": _load_folder, "synthetic": _load_synthetic}[opts.dataset]
-    classes, source, (train_x, train_y, test_x, test_y), cache_path, hit, skipped = loader(opts, allow_download)
-    if len(train_y) == 0:
+    loaded = LOADERS[opts.dataset](opts, allow_download)
+    classes, source, train = loaded.classes, loaded.source, loaded.splits.train
+    if len(train) == 0:
         raise DataError(f"{source} has no training images for classes {', '.join(classes)}")
-    train_idx, val_idx = stratified_split(train_y, opts.val_fraction, opts.seed)
-    left = torch.bincount(train_y[train_idx], minlength=len(classes)).tolist()
+    train_idx, val_idx = stratified_split(train.y, opts.val_fraction, opts.resolved_seed)
+    left = torch.bincount(train.y[train_idx], minlength=len(classes)).tolist()
     empty = [name for name, n in zip(classes, left) if n == 0]
     if empty:
-        total = torch.bincount(train_y, minlength=len(classes)).tolist()
+        total = torch.bincount(train.y, minlength=len(classes)).tolist()
         held_out = any(total[classes.index(name)] for name in empty)
         hint = f"; lower --val-fraction ({opts.val_fraction:g} now)" if held_out else ""
         raise DataError(f"{source}: no training images left for class(es) {', '.join(empty)}{hint}")
@@ -236,15 +267,15 @@ def load_data(opts: DataOptions, allow_download: bool = True) -> DataBundle:
         raise DataError(f"{source} has {len(train_idx)} training image(s) after the split; training needs at least 2")
     return DataBundle(
         classes=classes,
-        image_size=opts.image_size,
+        image_size=0 if opts.is_planar else opts.image_size,
         source=source,
-        train=Split(train_x[train_idx], train_y[train_idx]),
-        val=Split(train_x[val_idx], train_y[val_idx]),
-        test=Split(test_x, test_y),
-        cache_path=cache_path,
-        cache_hit=hit,
+        train=Split(train.x[train_idx], train.y[train_idx]),
+        val=Split(train.x[val_idx], train.y[val_idx]),
+        test=loaded.splits.test,
+        cache_path=loaded.cache_path,
+        cache_hit=loaded.cache_hit,
         load_seconds=time.perf_counter() - start,
-        skipped=skipped,
+        skipped=loaded.skipped,
     )
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ..utils import atomic_write
+from .splits import RawSplits, Split
 
 CACHE_FORMAT = 1
-TENSOR_KEYS = ("train_x", "train_y", "test_x", "test_y")
 
 
 def cache_key(kind: str, root: Path | None, classes: list[str], image_size: int, fingerprint: object) -> str:
@@ -56,8 +56,8 @@ def cache_file(cache_dir: Path, kind: str, classes: list[str], image_size: int, 
     return cache_dir / f"{kind}-{label}-{image_size}px-{key[:16]}.pt"
 
 
-def load_cached(path: Path, key: str) -> tuple[torch.Tensor, ...] | None:
-    """The cached ``(train_x, train_y, test_x, test_y)``, or ``None`` if absent, unreadable or stale.
+def load_cached(path: Path, key: str) -> RawSplits | None:
+    """The cached train and test splits, or ``None`` if absent, unreadable or stale.
 
     Args:
         path: from :func:`cache_file`.
@@ -69,28 +69,33 @@ def load_cached(path: Path, key: str) -> tuple[torch.Tensor, ...] | None:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") != key:
             return None
-        tensors = tuple(blob[k] for k in TENSOR_KEYS)
+        splits = RawSplits(Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]))
     except Exception:  # noqa: BLE001 - truncated, foreign or corrupt: rebuild it
         return None
-    x_ok = all(t.dtype == torch.uint8 and t.dim() == 4 for t in tensors[0::2])
-    y_ok = all(t.dtype == torch.int64 and t.dim() == 1 for t in tensors[1::2])
-    if not (x_ok and y_ok and len(tensors[0]) == len(tensors[1]) and len(tensors[2]) == len(tensors[3])):
-        return None
-    return tensors
+    return splits if _well_formed(splits.train) and _well_formed(splits.test) else None
 
 
-def save_cached(path: Path, key: str, tensors: tuple[torch.Tensor, ...]) -> bool:
-    """Write the tensors atomically; warn and go on (returning False) if that fails (read-only, full disk...).
+def _well_formed(split: Split) -> bool:
+    """uint8 images (N, C, H, W) and as many int64 labels."""
+    x, y = split.x, split.y
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return False
+    return x.dtype == torch.uint8 and x.dim() == 4 and y.dtype == torch.int64 and y.dim() == 1 and len(x) == len(y)
+
+
+def save_cached(path: Path, key: str, splits: RawSplits) -> bool:
+    """Write the splits atomically; warn and go on (returning False) if that fails (read-only, full disk...).
 
     Args:
         path: from :func:`cache_file`.
         key: from :func:`cache_key`.
-        tensors: ``(train_x, train_y, test_x, test_y)``.
+        splits: the decoded train and test splits.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, mode=0o644) as f:  # readable like the public dataset it decodes
-            torch.save({"key": key, **dict(zip(TENSOR_KEYS, tensors))}, f)
+            train, test = splits.train, splits.test
+            torch.save({"key": key, "train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y}, f)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk or a file-size limit as RuntimeError
         warnings.warn(
             f"could not write the data cache {path} ({err}); pass --cache-dir DIR to put it elsewhere", stacklevel=2

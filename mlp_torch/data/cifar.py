@@ -23,6 +23,7 @@ from ..errors import DataError
 from .archive import by_hand
 from .options import DataOptions
 from .safe_pickle import UnsafePickleError, load_plain_pickle
+from .splits import RawSplits, Split
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -232,7 +233,7 @@ def _unpickle(path: Path, spec: ArchiveSpec, root: Path) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
 
 
-def _load_split(spec: ArchiveSpec, folder: Path, files: tuple[str, ...], wanted: list[int]):
+def _load_split(spec: ArchiveSpec, folder: Path, files: tuple[str, ...], wanted: list[int]) -> Split:
     """Images (N, 3, 32, 32) uint8 and their archive labels, for the wanted archive labels only."""
     xs, ys = [], []
     for name in files:
@@ -255,7 +256,7 @@ def _load_split(spec: ArchiveSpec, folder: Path, files: tuple[str, ...], wanted:
         xs.append(data[keep])
         ys.append(labels[keep])
     x = np.concatenate(xs).reshape(-1, 3, SIDE, SIDE)
-    return torch.from_numpy(x), torch.from_numpy(np.concatenate(ys))
+    return Split(torch.from_numpy(x), torch.from_numpy(np.concatenate(ys)))
 
 
 def _class_names(spec: ArchiveSpec, folder: Path) -> list[str]:
@@ -266,7 +267,7 @@ def _class_names(spec: ArchiveSpec, folder: Path) -> list[str]:
     return names
 
 
-def load_cifar(opts: DataOptions, classes: list[tuple[str, str]], folders: dict[str, Path]):
+def load_cifar(opts: DataOptions, classes: list[tuple[str, str]], folders: dict[str, Path]) -> RawSplits:
     """Load the requested classes from the extracted archives, labelled 0..K-1 in the order given.
 
     Args:
@@ -275,13 +276,13 @@ def load_cifar(opts: DataOptions, classes: list[tuple[str, str]], folders: dict[
         folders: archive key -> extracted folder, from :func:`mlp_torch.data.archive.ensure_extracted`.
 
     Returns:
-        ``(train_x, train_y, test_x, test_y)``: uint8 (N, 3, 32, 32) and int64 (N,), official splits.
+        The official train and test splits: uint8 images (N, 3, 32, 32) and int64 labels (N,).
 
     Raises:
         DataError: a file is damaged, or holds anything but what the official files hold.
     """
     specs = archive_specs(opts)
-    parts: dict[str, list] = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
+    parts: dict[str, list[Split]] = {"train": [], "test": []}
     for key, folder in folders.items():
         spec = specs[key]
         archive_names = _class_names(spec, folder)
@@ -294,7 +295,7 @@ def load_cifar(opts: DataOptions, classes: list[tuple[str, str]], folders: dict[
             to_ours[archive_names.index(name)] = label
         wanted = [archive_names.index(n) for n in ours]
         for split, files in (("train", spec.train_files), ("test", spec.test_files)):
-            x, y = _load_split(spec, folder, files, wanted)
-            parts[f"{split}_x"].append(x)
-            parts[f"{split}_y"].append(to_ours[y])
-    return tuple(torch.cat(parts[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+            part = _load_split(spec, folder, files, wanted)
+            parts[split].append(Split(part.x, to_ours[part.y]))
+    train, test = (Split(torch.cat([p.x for p in ps]), torch.cat([p.y for p in ps])) for ps in parts.values())
+    return RawSplits(train, test)

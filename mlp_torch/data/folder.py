@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .splits import RawSplits, Split
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 SPLITS = ("train", "test")
@@ -177,22 +178,22 @@ def _decode(path: str, size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path} ({err}); delete or replace it") from None
 
 
-def load_folder(images: dict[str, list[tuple[str, int, int, int]]], size: int):
-    """Decode every listed image into ``(train_x, train_y, test_x, test_y)``: uint8 (N, 3, S, S), int64 (N,).
+def load_folder(images: dict[str, list[tuple[str, int, int, int]]], size: int) -> RawSplits:
+    """Decode every listed image: the train and test splits, uint8 images (N, 3, S, S) and int64 labels (N,).
 
     Args:
         images: from :func:`list_images`.
         size: the side every image is resized to.
     """
-    out = []
+    decoded = {}
     workers = min(8, os.cpu_count() or 1)
     with _bombs_are_errors(), ThreadPoolExecutor(max_workers=workers) as pool:
         for split in SPLITS:
             pixels = list(pool.map(lambda item: _decode(item[0], size), images[split]))
             x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()  # N,H,W,3 -> N,3,H,W
             y = torch.tensor([item[1] for item in images[split]], dtype=torch.int64)
-            out += [x, y]
-    return tuple(out)
+            decoded[split] = Split(x, y)
+    return RawSplits(decoded["train"], decoded["test"])
 
 
 def read_image(path: str | Path, size: int) -> torch.Tensor:

@@ -49,18 +49,18 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
 
 
 class DeviceBatches:
-    """Iterate ``(xb float32 (B, 3*H*W) standardised, yb int64 (B,))`` over tensors on one device.
+    """Iterate ``(xb float32 (B, D) standardised, yb int64 (B,))`` over tensors on one device.
 
     Args:
-        x: uint8 images (N, 3, H, W) on the device.
+        x: uint8 images (N, 3, H, W), D = 3·H·W, or float points (N, D), on the device.
         y: int64 labels (N,) on the same device.
         batch_size: images per batch.
         standardizer: fitted on train; applied after augmentation.
         shuffle: a fresh order each epoch (ignored when ``sample_weights`` is given: that draws anyway).
         generator: the only source of randomness; must live on ``x``'s device. ``None`` makes one
             seeded with 0, so an evaluation loader needs none.
-        augment_flip: random horizontal flips.
-        augment_crop: random crops after zero-padding by this many pixels (0 = off).
+        augment_flip: random horizontal flips (images only).
+        augment_crop: random crops after zero-padding by this many pixels (0 = off; images only).
         sample_weights: per-class weights (C,) for balanced sampling: each epoch draws N indices with
             replacement, index i with probability ∝ ``sample_weights[y[i]]``.
         drop_last: drop the last, smaller batch.
@@ -85,6 +85,8 @@ class DeviceBatches:
             raise ValueError(f"x is on {x.device} but y is on {y.device}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if (augment_flip or augment_crop) and x.dim() != 4:
+            raise ValueError(f"flips and crops augment images (N, C, H, W); these samples are {tuple(x.shape[1:])}")
         if generator is None:
             generator = torch.Generator(x.device).manual_seed(0)
         if generator.device.type != x.device.type:

@@ -5,8 +5,8 @@ Such a file may come from a stranger, and every string in it loads cleanly with
 (dataset, classes, image size, split) but never *where anything is fetched from or written to*:
 archive URLs and md5 sums come from the official defaults, the environment or the command line,
 the cache folder from ``--cache-dir`` or the default, and the caller loads with
-``allow_download=False``. Every value is type-checked before it is used, and synthetic data
-may not ask for more memory than :data:`MAX_SYNTHETIC_BYTES`.
+``allow_download=False``. Every value is type-checked before it is used, and synthetic data and
+2-D points may not ask for more memory than :data:`MAX_SYNTHETIC_BYTES`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,19 @@ SAVED_TYPES: dict[str, tuple[type, ...]] = {
     "val_fraction": (float, int),
     "image_size": (int,),
     "cache": (bool,),
-    "seed": (int,),
+    "seed": (int, type(None)),
     "balance": (str,),
     "augment_flip": (bool,),
     "augment_crop": (int,),
     "synthetic_train_per_class": (int,),
     "synthetic_test_per_class": (int,),
+    "samples": (int,),
+    "noise": (float, int),
+    "arms": (int,),
 }
 # Where data come from and where caches go: never taken from a saved run.
 LOCATION_KEYS = ("cache_dir", "cifar10_url", "cifar10_md5", "cifar100_url", "cifar100_md5", "download_timeout")
-MAX_SYNTHETIC_BYTES = 4 << 30  # 4 GiB of generated uint8 images
+MAX_SYNTHETIC_BYTES = 4 << 30  # 4 GiB of generated uint8 images, or of the 2-D points' float64 coordinates
 
 
 def _check_type(key: str, value: Any, where: str) -> None:
@@ -83,10 +86,10 @@ def data_options_from_saved(saved: object, where: str, overrides: Mapping[str, A
     if opts.dataset == "synthetic":
         classes = len(opts.classes) if opts.classes is not None else 3
         images = classes * (opts.synthetic_train_per_class + opts.synthetic_test_per_class)
-        if min(opts.synthetic_train_per_class, opts.synthetic_test_per_class) < 1:
-            raise DataError(f"{where}: synthetic image counts per class must be positive")
         if images * 3 * opts.image_size**2 > MAX_SYNTHETIC_BYTES:
             raise DataError(f"{where}: its synthetic data would take over {MAX_SYNTHETIC_BYTES >> 30} GiB; refused")
+    if opts.is_planar and 2 * opts.samples * 2 * 8 > MAX_SYNTHETIC_BYTES:  # train and test, 2 float64 coordinates
+        raise DataError(f"{where}: its 2-D points would take over {MAX_SYNTHETIC_BYTES >> 30} GiB; refused")
     return opts
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .splits import RawSplits, Split
+
 COARSE = 8  # images are drawn as 3x8x8 coarse grids and upsampled: smooth, like photos
 LINEAR_AMPLITUDE = 0.1  # in units of the per-cell nuisance std
 XOR_AMPLITUDE = 0.2
@@ -37,8 +39,10 @@ def _images(labels: torch.Tensor, linear, xor, size: int, g: torch.Generator) ->
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, size: int = 32, seed: int = 0):
-    """Generate ``(train_x, train_y, test_x, test_y)``: uint8 (N, 3, size, size), int64 (N,), same seed same data.
+def make_synthetic(
+    num_classes: int, train_per_class: int, test_per_class: int, size: int = 32, seed: int = 0
+) -> RawSplits:
+    """Generate the train and test splits: uint8 images (N, 3, size, size), int64 labels (N,); same seed, same data.
 
     Args:
         num_classes: how many classes.
@@ -50,9 +54,10 @@ def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, 
     g = torch.Generator().manual_seed(seed)
     linear = torch.randn(num_classes, 3, COARSE, COARSE, generator=g)
     xor = torch.randn(num_classes, 3, COARSE, COARSE, generator=g)
-    out = []
+    splits = []
     for per_class in (train_per_class, test_per_class):
         y = torch.arange(num_classes).repeat_interleave(per_class)
         y = y[torch.randperm(y.numel(), generator=g)]
-        out += [_images(y, linear, xor, size, g), y]
-    return tuple(out)
+        splits.append(Split(_images(y, linear, xor, size, g), y))
+    train, test = splits
+    return RawSplits(train, test)

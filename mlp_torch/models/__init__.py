@@ -10,22 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import UsageError
 from .base import BACKENDS, Classifier, check_choice
-from .mlp import ACTIVATIONS, MLP, LinearSoftmax
-from .options import MODEL_KINDS, add_model_arguments, model_kwargs_from_args
+from .mlp import ACTIVATIONS, MLP, OUTPUTS, LinearSoftmax
 from .perceptron import Perceptron
+
+MODEL_KINDS: tuple[str, ...] = ("softmax", "mlp", "perceptron")
 
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "MODEL_KINDS",
+    "OUTPUTS",
     "Classifier",
     "LinearSoftmax",
     "MLP",
     "Perceptron",
-    "add_model_arguments",
     "build_model",
-    "model_kwargs_from_args",
 ]
 
 
@@ -37,6 +38,7 @@ def build_model(
     activation: str = "sigmoid",
     backend: str = "builtin",
     seed: int | None = None,
+    output: str = "softmax",
 ) -> Classifier:
     """Build a model by name; ``build_model(**model.config())`` rebuilds ``model``.
 
@@ -48,13 +50,21 @@ def build_model(
         activation: ``sigmoid``, ``tanh`` or ``relu``, used by ``mlp`` only.
         backend: ``builtin``, ``custom`` or ``manual``.
         seed: initialisation seed (``perceptron`` starts at zero and ignores it).
+        output: ``softmax`` or ``sigmoid`` (two classes, one output unit ``ŷ = σ(p)``), for
+            ``softmax`` and ``mlp``; the perceptron's output is its step.
 
     Raises:
-        UsageError: an unknown kind, activation or backend, or a non-positive size.
+        UsageError: an unknown kind, activation, output or backend, a non-positive size, a
+            sigmoid output for other than two classes or for the perceptron.
     """
     check_choice("model", kind, MODEL_KINDS)
+    check_choice("output", output, OUTPUTS)
     if kind == "softmax":
-        return LinearSoftmax(in_features, num_classes, backend=backend, seed=seed)
+        return LinearSoftmax(in_features, num_classes, backend=backend, seed=seed, output=output)
     if kind == "mlp":
-        return MLP(in_features, list(hidden), num_classes, activation=activation, backend=backend, seed=seed)
+        return MLP(
+            in_features, list(hidden), num_classes, activation=activation, backend=backend, seed=seed, output=output
+        )
+    if output != "softmax":
+        raise UsageError(f"the perceptron's output is its step, not a {output}; choose the softmax or mlp model")
     return Perceptron(in_features, num_classes, backend=backend)

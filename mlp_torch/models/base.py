@@ -105,6 +105,16 @@ class Classifier(nn.Module):
                 return self._manual_loss(logits, target, class_weight)[0]
         return self._logits_and_loss(x, target, class_weight, custom=backend == "custom")[1]
 
+    def loss_from_logits(
+        self, logits: Tensor, target: Tensor, class_weight: Tensor | None = None, backend: str | None = None
+    ) -> Tensor:
+        """The training loss (mean over the batch) of logits that ``forward`` already computed, without backward."""
+        backend = check_choice("backend", backend or self.backend, BACKENDS)
+        if backend == "manual":
+            with torch.no_grad():
+                return self._manual_loss(logits, target, class_weight)[0]
+        return self._loss(logits, target, class_weight, custom=backend == "custom")
+
     def compute_gradients(
         self, x: Tensor, target: Tensor, class_weight: Tensor | None = None, backend: str | None = None
     ) -> tuple[Tensor, Tensor]:

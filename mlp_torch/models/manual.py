@@ -13,6 +13,7 @@ One dense layer and its loss, in the slides' notation (row-vector convention, ``
     a = x Wᵀ + b            dW = daᵀ x      db = Σ_n da      dx = da W
     h = σ(a)                da = dh ⊙ σ'(a) = dh ⊙ h ⊙ (1 − h)
     ŷ = softmax(a)          dℓ/da = (ŷ − y) / N              (ℓ the mean cross-entropy)
+    ŷ = σ(p)                dℓ/dp = (ŷ − y) / N              (one output unit p, binary cross-entropy)
 
 Only what backward needs is cached: each layer's input and weight, and each activation's
 *output* (σ', tanh' and relu' are all functions of the output), never the pre-activation.
@@ -141,3 +142,31 @@ def weighted_soft_target_cross_entropy(
     loss = -(t * log_y_hat).sum() / norm
     dlogits = (log_y_hat.exp() * t.sum(dim=1, keepdim=True) - t) / norm  # N,C
     return loss, dlogits
+
+
+def sigmoid_binary_cross_entropy(p: Tensor, y: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One sigmoid output unit and its loss, fused: ℓ = −mean_n [y log ŷ + (1 − y) log(1 − ŷ)] and dℓ/dp = (ŷ − y) / N.
+
+    With class weights, F.cross_entropy's convention: ℓ = Σ_n w_{y_n} ℓ_n / Σ_n w_{y_n} and
+    dℓ/dp_n = w_{y_n} (ŷ_n − y_n) / Σ_n w_{y_n}.
+
+    Args:
+        p: (N,) scores of the output unit, ŷ = σ(p).
+        y: (N,) int64 labels, 0 or 1.
+        weight: optional (2,) per-class weights.
+    """
+    n = p.shape[0]
+    y_float = y.to(p.dtype)  # N
+    # ℓ_n = softplus(p_n) − y_n p_n = max(p_n, 0) − y_n p_n + log(1 + e^{−|p_n|})   (never log 0)
+    losses = (p.clamp_min(0) - y_float * p).add_(torch.log1p(torch.exp(-p.abs())))  # N
+    if weight is None:  # the lecture's case
+        loss = losses.mean()
+        dp = torch.sigmoid(p)  # ŷ = σ(p), N
+        dp -= y_float  # ŷ − y
+        dp /= n  # (ŷ − y) / N
+        return loss, dp
+    w_n = weight[y]  # N
+    norm = w_n.sum()  # Σ_n w_{y_n}
+    loss = (w_n * losses).sum() / norm
+    dp = (torch.sigmoid(p) - y_float).mul_(w_n).div_(norm)  # w_n (ŷ − y) / Σ w, N
+    return loss, dp

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS
+from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS, OUTPUTS
 from ..utils import atomic_write
 
 FORMAT = "mlp_torch.checkpoint"
@@ -178,7 +178,7 @@ def validate_checkpoint(data: dict[str, Any], path: Path) -> None:
         raise bad(f"its model kind {kind!r} is not one of {', '.join(MODEL_KINDS)}")
     allowed = (
         {"kind", "in_features", "num_classes", "backend"}
-        | ({"seed"} if kind != "perceptron" else set())
+        | ({"seed", "output"} if kind != "perceptron" else set())
         | ({"hidden", "activation"} if kind == "mlp" else set())
     )
     if set(config) - allowed:
@@ -187,6 +187,9 @@ def validate_checkpoint(data: dict[str, Any], path: Path) -> None:
         raise bad(f"its backend {config.get('backend')!r} is not one of {', '.join(BACKENDS)}")
     if kind == "mlp" and config.get("activation") not in ACTIVATIONS:
         raise bad(f"its activation {config.get('activation')!r} is not one of {', '.join(ACTIVATIONS)}")
+    output = config.get("output", "softmax")  # absent from checkpoints made before the sigmoid output
+    if output not in OUTPUTS:
+        raise bad(f"its output {output!r} is not one of {', '.join(OUTPUTS)}")
     if config.get("seed") is not None and not _int(config["seed"]):
         raise bad(f"its model seed {config['seed']!r} is not an integer")
     hidden = config.get("hidden", [])
@@ -197,7 +200,10 @@ def validate_checkpoint(data: dict[str, Any], path: Path) -> None:
     num_classes: int = config["num_classes"]
 
     shapes = _layer_shapes(data["model_state"], path)
-    outputs = 1 if kind == "perceptron" and num_classes == 2 else num_classes  # the binary perceptron has one unit
+    if output == "sigmoid" and num_classes != 2:
+        raise bad(f"its sigmoid output is one unit for two classes, its config says {num_classes}")
+    # the binary perceptron and the sigmoid output have one unit
+    outputs = 1 if (kind == "perceptron" and num_classes == 2) or output == "sigmoid" else num_classes
     claimed = [in_features, *hidden, outputs]
     actual = [shapes[0][1], *(out for out, _ in shapes)]
     if claimed != actual:

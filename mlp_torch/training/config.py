@@ -13,14 +13,14 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data import DataOptions
 from ..errors import UsageError
 from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS
-from ..utils import check_seed
+from ..utils import check_seed, option
 from .rundir import MAX_NAME_BYTES
 
 OPTIMIZERS = ("sgd", "adam")
@@ -32,39 +32,73 @@ SCHEDULES = ("constant", "step", "cosine")
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on. Defaults: the lecture's two-layer sigmoid MLP.
+    """Everything a training run depends on; every field is a flag of ``mlp-torch train``.
 
-    The defaults reach 63.65 % test accuracy on CIFAR cat/dog in under a minute on two CPU cores
-    (see README, "Results"). Without augmentation the 1.5 M-parameter net memorises its 9,000
-    training images (lr 0.02: train 94 %, test 62 %); random flips and 2-pixel crops keep it honest.
+    The defaults, the lecture's two-layer sigmoid MLP with SGD, reach 63.65 % test accuracy on
+    CIFAR cat/dog in under a minute on two CPU cores (see README, "Results"). Without augmentation
+    the 1.5 M-parameter net memorises its 9,000 training images (lr 0.02: train 94 %, test 62 %);
+    random flips and 2-pixel crops, :class:`DataOptions`' defaults, keep it honest.
+
+    Resolved on construction: ``lr=None`` becomes :data:`DEFAULT_LR` for the model, and a
+    ``data.seed`` of ``None`` becomes ``seed``, so the one ``--seed`` seeds the split as well.
     """
 
     # model
-    model: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [512])
-    activation: str = "sigmoid"
-    backend: str = "custom"
+    model: str = option(
+        "mlp",
+        choices=MODEL_KINDS,
+        help="softmax: linear softmax classifier; mlp: multi-layer perceptron; "
+        "perceptron: Rosenblatt's perceptron (binary for 2 classes, else multi-class)",
+    )
+    hidden: list[int] = option(
+        default_factory=lambda: [512],
+        metavar="N",
+        help="hidden layer sizes of the mlp, any depth (none = linear softmax)",
+    )
+    activation: str = option("sigmoid", choices=ACTIVATIONS, help="hidden-layer non-linearity of the mlp")
+    backend: str = option(
+        "custom",
+        choices=BACKENDS,
+        help="gradient path: builtin = PyTorch ops + autograd, custom = our autograd Functions, "
+        "manual = hand-written backward, no autograd",
+    )
     # optimisation (the lecture's SGD, with the usual refinements)
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float | None = None  # None: DEFAULT_LR for the model (see default_lr)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    step_size: int = 10  # epochs between decays, for schedule "step"
-    gamma: float = 0.1  # decay factor, for schedule "step"
+    epochs: int = option(
+        30, help="passes over the training split; with --resume the new total, the schedule re-stretched to it"
+    )
+    batch_size: int = option(128, help="images per SGD step")
+    optimizer: str = option("sgd", choices=OPTIMIZERS, help="sgd (the lecture's) or adam")
+    lr: float | None = option(
+        None,
+        help="peak learning rate η; linear models (softmax, perceptron, an mlp without hidden layers) need a "
+        f"smaller one (default: mlp {DEFAULT_LR['mlp']}, linear models {DEFAULT_LR['linear']})",
+    )
+    momentum: float = option(0.9, help="SGD momentum (0 = plain SGD)")
+    nesterov: bool = option(True, help="Nesterov momentum")
+    weight_decay: float = option(5e-4, help="L2 penalty λ (adds λw to ∂ℓ/∂w)")
+    schedule: str = option("cosine", choices=SCHEDULES, help="learning-rate schedule after warm-up")
+    warmup_epochs: float = option(1.0, help="linear warm-up from 0 to --lr over this many epochs")
+    step_size: int = option(10, help="schedule step: epochs between decays")
+    gamma: float = option(0.1, help="schedule step: decay factor")
     # bookkeeping
-    seed: int = 0
-    device: str = "auto"
-    runs_dir: Path = Path("runs")
-    name: str = ""
-    check_grads_every: int = 0  # steps; 0 = off
-    histogram_every: int = 1  # epochs between histograms / weight images; 0 = off
-    progress: bool | None = None  # a progress bar per epoch; None: when stderr is a terminal
-    data: DataOptions = field(default_factory=lambda: DataOptions(augment_flip=True, augment_crop=2))
+    seed: int = option(0, help="seeds initialisation, split, shuffling, augmentation")
+    device: str = option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    runs_dir: Path = option(Path("runs"), help="where run directories are created")
+    name: str = option("", help="run name (default: from the model, e.g. mlp512-sigmoid-custom)")
+    check_grads_every: int = option(
+        0,
+        metavar="N",
+        help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)",
+    )
+    histogram_every: int = option(
+        1, metavar="N", help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)"
+    )
+    progress: bool | None = option(
+        None,
+        help="a progress bar per epoch on stderr, beside the one line per epoch on stdout "
+        "(default: only when stderr is a terminal)",
+    )
+    data: DataOptions = dataclasses.field(default_factory=DataOptions)
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
@@ -73,6 +107,8 @@ class TrainConfig:
             self.lr = default_lr(self.model, self.hidden)
         if isinstance(self.data, dict):
             self.data = data_options_from_dict(self.data)
+        if self.data.seed is None:  # a copy: the caller's DataOptions stays as it was
+            self.data = dataclasses.replace(self.data, seed=self.seed)
         self.validate()
 
     def validate(self) -> None:

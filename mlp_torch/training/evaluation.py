@@ -31,6 +31,9 @@ def evaluate(
 ) -> EvalResult:
     """Mean loss, accuracy, balanced accuracy (mean per-class recall) and confusion matrix.
 
+    As pytorch/examples mnist's ``test()``: one forward pass per batch, the loss and the
+    predictions both from its logits.
+
     Args:
         model: any model from :mod:`mlp_torch.models`, already on ``x``'s device.
         x: uint8 images (N, 3, H, W) on the model's device.
@@ -45,8 +48,9 @@ def evaluate(
     for start in range(0, len(x), batch_size):
         xb = standardizer(x[start : start + batch_size]).to(dtype)
         yb = y[start : start + batch_size]
-        total_loss += model.loss(xb, yb).double() * len(xb)
-        preds.append(model(xb).argmax(1))  # every model's logits are (N, C), also the binary perceptron's
+        logits = model(xb)  # N,C for every model, the binary perceptron's too
+        total_loss += model.loss_from_logits(logits, yb).double() * len(xb)
+        preds.append(logits.argmax(1))
     cm = confusion_matrix(torch.cat(preds) if preds else y[:0], y, num_classes)
     return EvalResult(
         loss=float(total_loss) / max(len(x), 1),

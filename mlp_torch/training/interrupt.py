@@ -17,11 +17,13 @@ SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP"
 
 
 class GracefulInterrupt:
-    """Context manager: ``requested`` turns true on the first SIGINT/SIGTERM/SIGHUP.
+    """``requested`` turns true on the first SIGINT/SIGTERM/SIGHUP between ``install()`` and ``restore()``
+    (or inside ``with``).
 
-    The training loop polls ``requested`` after each step. A second signal raises
-    ``KeyboardInterrupt`` right away; checkpoints are written atomically, so that cannot corrupt
-    one. Outside the main thread (where handlers cannot be installed) it does nothing.
+    Training polls ``requested`` after each step (the :class:`~mlp_torch.training.callbacks.GracefulStop`
+    callback). A second signal raises ``KeyboardInterrupt`` right away; checkpoints are written
+    atomically, so that cannot corrupt one. Outside the main thread (where handlers cannot be
+    installed) it does nothing.
     """
 
     def __init__(self) -> None:
@@ -40,14 +42,23 @@ class GracefulInterrupt:
         except OSError:  # after SIGHUP the terminal may be gone; saving matters more than saying so
             pass
 
-    def __enter__(self) -> GracefulInterrupt:
-        if threading.current_thread() is threading.main_thread():
+    def install(self) -> None:
+        """Handle the signals from now on (in the main thread; elsewhere handlers cannot be set)."""
+        if threading.current_thread() is threading.main_thread() and not self._previous:
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Put the previous handlers back; safe to call twice."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> GracefulInterrupt:
+        self.install()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self.restore()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .models.base import Classifier
+from ..models.base import Classifier
 
 Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -46,6 +46,10 @@ def training_step(model: Classifier, optimizer: torch.optim.Optimizer) -> Step:
     return step
 
 
+def _on_cuda(t: Tensor) -> bool:
+    return t.is_cuda
+
+
 class GraphedStep:
     """``step`` captured once on CUDA; calling the object copies a batch in and replays it.
 
@@ -60,8 +64,9 @@ class GraphedStep:
     """
 
     def __init__(self, step: Step, x: Tensor, y: Tensor, warmup: int = 3) -> None:
-        if not (x.is_cuda and y.is_cuda):
-            raise ValueError(f"CUDA graphs capture CUDA work: x and y must be on a CUDA device, not {x.device}")
+        if not (_on_cuda(x) and _on_cuda(y)):
+            device = x.device if not _on_cuda(x) else y.device
+            raise ValueError(f"CUDA graphs capture CUDA work: x and y must be on a CUDA device, not {device}")
         if warmup < 1:
             raise ValueError(f"warmup must be at least 1 (the first step allocates state), got {warmup}")
         self.x, self.y = x.clone(), y.clone()  # the static inputs that every replay reads

@@ -1,0 +1,60 @@
+"""What every command shares: the parser classes, the exit codes, and which flags were typed.
+
+Commands import these from here, never from :mod:`mlp_torch.cli` (which imports the commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import NoReturn
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd program
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show every default in --help and keep the descriptions' line breaks.
+
+    A default of ``None`` ("not given") is left out: the help text says what happens then.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (what is wrong, what is allowed), exit 2.
+
+    argparse's own messages already name the allowed choices; the full usage block it would print
+    first buries them, and ``--help`` is one flag away. Subparsers inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def typed_options(fresh_parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The ``dest`` of every option typed in ``argv``, a command line ``fresh_parser`` accepts.
+
+    Told apart from defaults by argparse itself, not by comparing values with them (which would
+    miss ``--epochs 30`` typed where 30 is the default): every default of ``fresh_parser`` (and of
+    its subparsers) becomes ``argparse.SUPPRESS`` and ``argv`` is parsed again, so only what was
+    typed lands in the namespace. Abbreviations (``--epoch 4``) and ``--flag=value`` count as
+    argparse counts them.
+
+    Args:
+        fresh_parser: a parser built for this call alone: its defaults are overwritten.
+        argv: the command line, without the program name.
+    """
+    pending = [fresh_parser]
+    while pending:
+        p = pending.pop()
+        p._defaults.clear()  # set_defaults(...) values
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
+    return set(vars(fresh_parser.parse_args(argv))) - {"command"}

@@ -1,0 +1,115 @@
+"""Flags made from the config dataclasses, so that every default is written once: in the field.
+
+Each field of :class:`~mlp_torch.training.TrainConfig` and :class:`~mlp_torch.data.DataOptions`
+is a flag: ``batch_size`` -> ``--batch-size``, its type from the annotation (int, float, str,
+Path; bool as ``--flag/--no-flag``; ``list[int]`` as any number of values; ``X | None``
+as X with ``None`` for "not given"), its default from the dataclass (``--help`` shows it), and
+its help text, choices and metavar from the field's metadata (:func:`mlp_torch.utils.option`).
+A new field is a new flag, with nothing to add here.
+
+Commands take the subsets they need: ``train`` all of them, ``compare`` the model and data
+flags, ``data`` and ``bench`` the data flags. ``--seed`` is each command's own and seeds the
+data too (``DataOptions.seed`` is left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..data import DataOptions
+from ..training.config import TrainConfig
+
+MODEL_FIELDS = ("model", "hidden", "activation", "backend")
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataOptions) if f.name != "seed")
+
+
+def add_fields(group: argparse._ActionsContainer, cls: type, names: Iterable[str], **defaults: Any) -> None:
+    """Add one flag per named field of the dataclass ``cls`` to ``group``.
+
+    Args:
+        group: a parser or an argument group.
+        cls: ``TrainConfig`` or ``DataOptions``.
+        names: the fields to add, in the order ``--help`` lists them.
+        defaults: a command's own default for a field (``compare`` trains nothing, so it defaults
+            to synthetic data); shown by ``--help`` like any other.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        field = fields[name]
+        default = defaults[name] if name in defaults else _default(field)
+        group.add_argument("--" + name.replace("_", "-"), default=default, **_flag(cls, field, hints[name]))
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _flag(cls: type, field: dataclasses.Field, hint: Any) -> dict[str, Any]:
+    """``add_argument`` keywords (all but the default) for one field."""
+    meta = field.metadata
+    kwargs: dict[str, Any] = {key: meta[key] for key in ("help", "choices", "metavar") if key in meta}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: None is "not given"
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if "parse" in meta:
+        kwargs["type"] = meta["parse"]
+    elif hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(hint) is list:
+        kwargs.update(type=typing.get_args(hint)[0], nargs="*")
+    elif hint in (int, float, str, Path):
+        kwargs["type"] = hint
+    else:
+        raise TypeError(f"{cls.__name__}.{field.name}: no flag for {hint}; give it a parse= in its option()")
+    return kwargs
+
+
+def values(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The parsed values of the named fields, as keyword arguments for the dataclass."""
+    return {name: getattr(args, name) for name in names}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = MODEL_FIELDS) -> None:
+    """Add the model flags (``--model``, ``--hidden``, ``--activation``, ``--backend``) in a group "model".
+
+    Args:
+        parser: the subcommand's parser.
+        names: the model fields to add (``compare`` runs every backend and leaves ``backend`` out).
+    """
+    add_fields(parser.add_argument_group("model"), TrainConfig, names)
+
+
+def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``build_model`` keyword arguments (all but ``in_features``/``num_classes``) from parsed flags."""
+    kwargs: dict[str, Any] = {"kind": args.model, "hidden": list(args.hidden), "activation": args.activation}
+    if hasattr(args, "backend"):
+        kwargs["backend"] = args.backend
+    return kwargs
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """Add every data flag in a group "data" (``--seed`` is left to the command).
+
+    Args:
+        parser: the subcommand's parser.
+        defaults: the command's own defaults, e.g. ``dataset="synthetic"``.
+    """
+    add_fields(parser.add_argument_group("data"), DataOptions, DATA_FIELDS, **defaults)
+
+
+def data_options_from_args(args: argparse.Namespace, **given: Any) -> DataOptions:
+    """The :class:`DataOptions` that flags added by :func:`add_data_arguments` describe.
+
+    Args:
+        args: the parsed command line.
+        given: fields the command sets itself, e.g. ``seed=args.seed``.
+    """
+    return DataOptions(**values(args, DATA_FIELDS), **given)
