@@ -34,6 +34,11 @@ def run_bench(tmp_path: Path, *flags: str) -> tuple[int, dict]:
 def test_bench_writes_every_row_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, report = run_bench(tmp_path, "--rounds", "3")
     assert code == 0
+    # the keys a reader of an earlier report knows are all still there; the spread is added beside them
+    old_top = {"device", "torch", "threads", "load_average", "steps", "gemm_efficiency", "gemm_efficiency_by_backend"}
+    assert old_top | {"data"} <= set(report)
+    old_row = {"model", "backend", "batch", "ms", "ratio_vs_builtin", "saved_bytes", "compiled", "peak_bytes", "gflops"}
+    assert all(old_row | {"ms_min", "ms_iqr", "ratio_iqr", "rounds"} <= set(row) for row in report["steps"])
     assert report["torch"] == torch.__version__ and report["device"].startswith("cpu")
     assert set(report["load_average"]) == {"before", "after"}
     assert report["batch_sizes"] == [64] and report["clock"] in ("thread-cpu-time", "wall")
