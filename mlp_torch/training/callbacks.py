@@ -23,6 +23,7 @@ from ..utils import print_line
 from .checkpoint import save_checkpoint
 from .interrupt import GracefulInterrupt
 from .loop import Callback
+from .pictures import picture_callbacks
 from .report import epoch_line, final_report
 from .rundir import write_json
 from .state import TrainState
@@ -266,5 +267,6 @@ def default_callbacks(state: TrainState, writers: bool = True) -> list[Callback]
     if writers:
         log = RunLogger(state.run_dir)
         callbacks += [GradientCheck(log, config.check_grads_every), Checkpoints(), MetricsFile()]
-        callbacks += [TensorBoardLog(log, config.histogram_every)]
+        # the pictures write into the log before TensorBoardLog closes it
+        callbacks += [*picture_callbacks(state, log), TensorBoardLog(log, config.histogram_every)]
     return [*callbacks, ConsoleOutput(show_bar)]

@@ -9,13 +9,17 @@
 
 Both return a :class:`matplotlib.figure.Figure` on an Agg canvas (no pyplot, no display, no global
 state), so ``fig.savefig("x.png")`` and TensorBoard's ``SummaryWriter.add_figure`` both take it.
+:func:`figure_pixels` draws one once into an RGB array, for TensorBoard's ``add_image`` and a PNG
+file alike (:func:`png_bytes`), without drawing it twice or importing pyplot as ``add_figure`` does.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
@@ -34,6 +38,8 @@ __all__ = [
     "class_colours",
     "decision_boundary_figure",
     "describe_model",
+    "figure_pixels",
+    "png_bytes",
     "predict_grid",
 ]
 
@@ -80,13 +86,29 @@ def _rgb(values: Iterable[float]) -> tuple[float, float, float]:
     return red, green, blue
 
 
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The figure drawn at its own dpi, as ``savefig`` draws it: uint8 RGB (H, W, 3)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # H,W,3 (the figure's background is opaque)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 RGB (H, W, 3) pixels as a PNG file's bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    return buffer.getvalue()
+
+
 # --------------------------------------------------------------------------------------------
 # Activation functions and their derivatives
 # --------------------------------------------------------------------------------------------
 
 ACTIVATION_PANELS: tuple[tuple[str, Callable[[Tensor], Tensor], str, str], ...] = (
     ("Step (Rosenblatt)", MF.step, "f(a) = 1[a > 0]", "f'(a) = 0  (undefined at 0)"),
-    ("Sigmoid", MF.sigmoid, "σ(a) = 1 / (1 + e^{−a})", "σ'(a) = σ(a)(1 − σ(a))"),
+    ("Sigmoid", MF.sigmoid, "σ(a) = 1 / (1 + e⁻ᵃ)", "σ'(a) = σ(a)(1 − σ(a))"),
     ("Tanh", MF.tanh, "tanh(a)", "tanh'(a) = 1 − tanh²(a)"),
     ("ReLU", MF.relu, "relu(a) = max(0, a)", "relu'(a) = 1[a > 0]"),
 )
