@@ -325,3 +325,25 @@ def test_compare_with_a_sigmoid_output_agrees_on_every_backend(capsys):
     out = capsys.readouterr().out
     assert "'output': 'sigmoid'" in out and "layers.1.weight  manual-vs-builtin  1x8" in out
     assert "all pairs within tolerance" in out
+
+
+def test_the_boundary_strip_script_draws_one_run_at_the_epochs_asked(tmp_path, capsys):
+    """scripts/boundary_strip.py, which makes the README's circles picture: one panel per epoch of --at."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "boundary_strip", Path(__file__).parents[1] / "scripts/boundary_strip.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "strip.png"
+    run = ["--dataset", "circles", "--samples", "200", "--hidden", "4", "--activation", "tanh", "--epochs", "3"]
+    run += ["--boundary-every", "0", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--no-progress"]
+    assert script.main(["--at", "3,1", "--out", str(out), "--", *run]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    width, height = png_size(out)
+    assert height == 380 and width == 2 * 320 + 160, "two panels, epochs 1 and 3"
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--at", "1,4", "--out", str(out), "--", *run])
+    assert exit_info.value.code == 2 and "--at needs epochs within 1..3" in capsys.readouterr().err
