@@ -347,3 +347,27 @@ def test_the_boundary_strip_script_draws_one_run_at_the_epochs_asked(tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--at", "1,4", "--out", str(out), "--", *run])
     assert exit_info.value.code == 2 and "--at needs epochs within 1..3" in capsys.readouterr().err
+
+
+def test_a_sigmoid_output_on_images_predicts_both_classes(tmp_path, capsys):
+    """Item 4 on images: ``--classes cat,dog --output sigmoid`` trains, and predict shows 1 − σ(p) and σ(p)."""
+    data = ["--dataset", "synthetic", "--classes", "cat,dog", "--image-size", "4", "--no-cache"]
+    data += ["--synthetic-train-per-class", "20", "--synthetic-test-per-class", "5"]
+    metrics, run_dir = train_cli(tmp_path / "runs", *data, "--output", "sigmoid", "--hidden", "4", "--epochs", "1")
+    assert metrics["status"] == "completed" and run_dir.name.endswith("_mlp4-sigmoid-sigmoidout-custom")
+    assert not (run_dir / "decision_boundary.png").exists()
+    image = tmp_path / "red.png"
+    Image.new("RGB", (9, 5), (200, 30, 30)).save(image)
+    out = tmp_path / "predict.json"
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), str(image), "--device", "cpu", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}\n")
+    (record,) = json.loads(out.read_text())
+    probability = {t["class"]: t["probability"] for t in record["top"]}
+    loaded = load_model(run_dir, CPU)
+    assert loaded.model.layers[-1].weight.shape == (1, 4), "one output unit"
+    with torch.no_grad():
+        pixels = torch.tensor([200, 30, 30], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+        p = float(loaded.model(loaded.standardizer(pixels))[0, 1])
+    assert probability["dog"] == pytest.approx(torch.sigmoid(torch.tensor(p)).item(), abs=1e-6)
+    assert probability["cat"] == pytest.approx(1 - probability["dog"], abs=1e-6)
