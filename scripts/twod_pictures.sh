@@ -16,7 +16,7 @@ picture() {  # picture NAME TRAIN-FLAGS...: train, copy the run's decision_bound
     shift
     "$bin/mlp-torch" train "$@" --runs-dir "$runs/$name" --no-progress >/dev/null
     cp "$runs/$name"/*/decision_boundary.png "docs/$name.png"
-    "$bin/python" -c 'import json, sys; print(f"{sys.argv[2]}: test accuracy {json.load(open(sys.argv[1]))["test_accuracy"]:.3f}")' \
+    "$bin/python" -c 'import json, sys; print("%s: test accuracy %.3f" % (sys.argv[2], json.load(open(sys.argv[1]))["test_accuracy"]))' \
         "$runs/$name"/*/metrics.json "docs/$name.png"
 }
 
