@@ -509,8 +509,8 @@ class LinearSigmoidFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         a = torch.addmm(bias, x, weight.T)  # a = x Wᵀ + b, N,H
-        # σ(a) = 1 / (1 + e^{−a}) by torch.sigmoid, as the builtin and manual paths: a fifth of the time
-        # of sigmoid()'s two exps, the same bits except below a ≈ −87, where it flushes σ < 1e-38 to 0.
+        # σ(a) = 1 / (1 + e^{−a}) by torch.sigmoid, the builtin and manual paths' bits: one exp, a fifth
+        # of the time of sigmoid()'s two; unlike sigmoid() it flushes σ(a) < 1e-38 (a < −87) to 0.
         h = a.sigmoid_()  # h = σ(a), in a's memory, N,H
         _save_dense(ctx, x, weight, h)
         return h
