@@ -8,6 +8,8 @@ import torch
 
 from mlp_torch.training.run_figures import (
     MAX_UNITS,
+    TILE_GAP,
+    TILE_PIXELS,
     confusion_figure,
     figure_to_image,
     gradient_norms_figure,
@@ -58,8 +60,8 @@ def test_mlp_templates_are_the_units_that_changed_most_in_a_padded_grid():
     change *= torch.linspace(0.01, 1, units)[:, None] / change.norm(dim=1, keepdim=True)  # unit 99 changed most
     image = templates_image(initial + change, initial, size, ["a", "b"])
     assert image is not None and image.dtype == torch.uint8
-    scale = 96 // size
-    tile, pad = size * scale, 6
+    scale = TILE_PIXELS // size
+    tile, pad = size * scale, TILE_GAP
     assert image.shape == (3, pad + 8 * (tile + pad), pad + 8 * (tile + pad)), f"{MAX_UNITS} tiles, 8 a row"
     first = image[:, pad : pad + tile : scale, pad : pad + tile : scale].float() / 255  # the first tile, 1:1
     expected = tiles(change[99:], size)[0]

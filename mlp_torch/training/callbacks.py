@@ -159,11 +159,12 @@ class GradientCheck(Callback):
 class TensorBoardLog(Callback):
     """What TensorBoard shows (tags: :mod:`mlp_torch.training.tensorboard`), by global step.
 
-    Every ``log_every`` steps of an epoch, and at its last, the training curves (means over the
-    steps since the last point, from the numbers the loop's one sync per step already read); per epoch validation, weight norms and the best
-    validation metrics; every ``histogram_every`` epochs and at the last the histograms and
-    figures; at the end the test confusion matrix and metrics. The HPARAMS entry is written when
-    a new run starts, so an interrupted or pruned run is listed too.
+    Every ``log_every`` steps of an epoch, and at its last, the training curves: means over the
+    steps since the last point, from the numbers the loop's one sync per step already read. Per
+    epoch validation, weight norms and the best validation metrics; every ``histogram_every``
+    epochs and at the last the histograms and figures; at the end the test confusion matrix and
+    metrics. The HPARAMS entry is written when a new run starts, so an interrupted or pruned run
+    is listed too.
     """
 
     def __init__(self, log: RunLogger, histogram_every: int, log_every: int, grad_check: bool) -> None:
@@ -219,7 +220,7 @@ class TensorBoardLog(Callback):
 
         model, val, step, epoch = state.model, state.val_result, state.global_step, state.epoch
         images = state.batches.x if val is None else state.val.x  # the training split without validation
-        probe = state.standardizer(images[:512]).to(next(model.parameters()).dtype)
+        probe = state.standardizer(images[:256]).to(next(model.parameters()).dtype)
         self.log.histograms(model, model.hidden_activations(probe), step)
         assert self.initial_weight is not None
         data = state.data
@@ -227,7 +228,7 @@ class TensorBoardLog(Callback):
         if templates is not None:
             self.log.image("templates", templates, step)
         if val is not None:
-            title = f"validation, epoch {epoch}: " + _accuracies(val)
+            title = f"validation, epoch {epoch}\n" + _accuracies(val)
             self.log.figure("confusion/val", confusion_figure(val.confusion_matrix, state.data.classes, title), step)
         norms = [h["grad_norm"] for h in state.history if h.get("grad_norm")]
         if norms:
@@ -240,7 +241,7 @@ class TensorBoardLog(Callback):
             if self.histogram_every:
                 from .run_figures import confusion_figure
 
-                title = f"test, best checkpoint (epoch {state.best['epoch']}): " + _accuracies(test)
+                title = f"test, best checkpoint (epoch {state.best['epoch']})\n" + _accuracies(test)
                 figure = confusion_figure(test.confusion_matrix, state.data.classes, title)
                 self.log.figure("confusion/test", figure, state.global_step)
             metrics = {tag: state.final_metrics.get(tag.split("/", 1)[1]) for tag in HPARAM_METRICS}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 from torch import Tensor
 
 __all__ = [
@@ -36,8 +37,9 @@ __all__ = [
 ]
 
 MAX_UNITS = 64  # hidden units shown (a 512-unit layer would be unreadable); 8 rows of 8
-TILE_PIXELS = 96  # a template is enlarged (nearest neighbour) to about this many pixels a side
+TILE_PIXELS = 64  # a template is enlarged (nearest neighbour) to about this many pixels a side
 TILE_GAP = 6  # white pixels between templates
+LABELLED_TILE_PIXELS = 96  # a linear model's few templates are drawn larger
 CELL_TEXT_MAX_CLASSES = 20  # beyond this, the confusion matrix's cells carry no numbers
 DPI = 100
 
@@ -99,22 +101,23 @@ def templates_image(weight: Tensor, initial: Tensor, image_size: int, class_name
 def labelled_tiles_figure(images: Tensor, labels: list[str]) -> Figure:
     """One tile per image, its label above it, up to 10 to a row; drawn pixel for pixel (one image, no resampling)."""
     count, size = len(images), images.shape[-1]
-    scale = max(1, TILE_PIXELS // size)
-    tile, gap, band, top = size * scale, 12, 22, 26  # pixels: tile side, between tiles, label band, title
+    scale = max(1, LABELLED_TILE_PIXELS // size)
+    tile, gap, band, top = size * scale, 16, 24, 30  # pixels: tile side, between tiles, label band, title
     columns = min(count, 10)
     rows = math.ceil(count / columns)
-    width, height = columns * (tile + gap) + gap, top + rows * (band + tile) + gap
+    width, height = max(columns * (tile + gap) + gap, 300), top + rows * (band + tile) + gap
+    margin = (width - columns * (tile + gap) - gap) // 2  # centres the tiles under a title wider than them
     canvas = torch.ones(height, width, 3)
     big = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3).permute(0, 2, 3, 1)  # K,T,T,3
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     for k in range(count):
-        left, label_top = gap + (k % columns) * (tile + gap), top + (k // columns) * (band + tile)
+        left, label_top = margin + gap + (k % columns) * (tile + gap), top + (k // columns) * (band + tile)
         canvas[label_top + band : label_top + band + tile, left : left + tile] = big[k]
-        ax.text(left + tile / 2, label_top + band - 5, labels[k], ha="center", va="bottom", fontsize=10)
+        ax.text(left + tile / 2, label_top + band - 5, labels[k], ha="center", va="bottom", fontsize=11)
     ax.imshow(canvas.numpy(), interpolation="nearest", extent=(0, width, height, 0))
-    ax.text(width / 2, 6, "W − W_init per class (each tile min-max scaled)", ha="center", va="top", fontsize=10)
+    ax.text(width / 2, 8, "W − W_init, each tile min-max scaled", ha="center", va="top", fontsize=10)
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_axis_off()
@@ -135,7 +138,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]] | Tensor, class_names: S
     Args:
         confusion: ``(C, C)`` counts, ``[true][predicted]``.
         class_names: the C class names.
-        title: the figure's title, e.g. ``"validation, epoch 3: accuracy 61.2 %"``.
+        title: the figure's title, e.g. ``"validation, epoch 3\naccuracy 61.2 %"``.
     """
     counts = torch.as_tensor(confusion, dtype=torch.float64).cpu()
     num_classes = len(class_names)
@@ -151,7 +154,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]] | Tensor, class_names: S
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     left, bottom = (label_inches + 0.25) / width, (height - side + 0.3) / height
-    fig.subplots_adjust(left=left, right=1 - 0.15 / width, bottom=bottom, top=1 - 0.45 / height)
+    fig.subplots_adjust(left=left, right=1 - 0.15 / width, bottom=bottom, top=1 - 0.6 / height)
     ax.imshow(share.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     if num_classes <= CELL_TEXT_MAX_CLASSES:
         size = 10 if num_classes <= 6 else 8
@@ -198,9 +201,16 @@ def gradient_norms_figure(norms_by_epoch: Sequence[Sequence[float]], first_epoch
     for i, value in enumerate(last):
         ax.annotate(f"{value:.2g}", (i, value), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=9)
     ax.set_yscale("log")
+    # written plainly (mathtext labels and minor ticks are most of a log axis's drawing time); 1-2-5
+    # steps where the values span less than two decades, else decades
+    positive = norms[norms > 0]
+    decades = math.log10(positive.max() / positive.min()) if positive.size else 0.0
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,), numticks=12))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.set_xticks(x, [_layer_label(i, layers) for i in range(layers)])
     ax.set_ylabel("mean ‖∂ℓ/∂θ‖ over the epoch's steps")
-    ax.grid(True, which="both", color="0.92")
+    ax.grid(True, color="0.92")
     ratio = last[0] / last[-1] if last[-1] > 0 else float("nan")
     ax.set_title(f"gradient norm by layer: layer 0 / layer {layers - 1} = {ratio:.2g}", fontsize=11)
     ax.legend(loc="best", fontsize=9, frameon=False)

@@ -30,6 +30,7 @@ its error at the next call; that thread's own traceback is not printed.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import threading
@@ -38,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import PIL.Image
 from google.protobuf import struct_pb2
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -126,8 +128,12 @@ class RunLogger:
 
     @_writes
     def image(self, tag: str, image: Tensor, step: int) -> None:
-        """A ``(3, H, W)`` uint8 image."""
-        self.writer.add_image(tag, image, step, dataformats="CHW")
+        """A ``(3, H, W)`` uint8 image, as a PNG made for speed (``add_image``'s takes 2-3x as long, for 5 % less)."""
+        _, height, width = image.shape
+        png = io.BytesIO()
+        PIL.Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(png, format="PNG", compress_level=1)
+        encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png.getvalue())
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
     def figure(self, tag: str, fig: Figure, step: int) -> None:
         from .run_figures import figure_to_image  # matplotlib, imported when a run first draws
