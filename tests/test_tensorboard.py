@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from mlp_torch.training import Callback, TrainConfig, load_checkpoint, load_run_
 from mlp_torch.training.callbacks import initial_first_layer
 from mlp_torch.training.hparams import DATA_HPARAMS, NOT_HPARAMS, TRAIN_HPARAMS, config_fields
 from mlp_torch.training.run_figures import templates_image
-from mlp_torch.training.tensorboard import HPARAM_METRICS
+from mlp_torch.training.tensorboard import HPARAM_METRICS, RunLogger
 
 EPOCHS = 2
 STEPS_PER_EPOCH = 21  # 162 training images in batches of 8
@@ -430,3 +431,13 @@ def test_a_resumed_run_continues_the_same_curves_and_templates(tmp_path):
     assert set(hparams) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
     assert len(parts.Tensors("config/text_summary")) == 1
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["checkpoints"], "no stray sub-run"
+
+
+def test_a_resumed_runs_event_file_is_read_after_the_first(tmp_path):
+    """TensorBoard reads event files in name order, and the name's clock is whole seconds."""
+    last = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.~"
+    last.touch()  # made this second, sorting after any counter
+    log = RunLogger(tmp_path)
+    log.close()
+    (new,) = [p.name for p in tmp_path.glob("events.out.tfevents.*") if p != last]
+    assert new > last.name

@@ -88,6 +88,7 @@ class RunLogger:
         self.run_dir = run_dir
         self.closed = False
         _quiet_writer_threads()
+        _after_the_last_event_file(Path(run_dir))
         self.writer = SummaryWriter(log_dir=str(run_dir))
 
     @_writes
@@ -226,6 +227,20 @@ def _experiment() -> api_pb2.Experiment:
         for tag, text in HPARAM_METRICS.items()
     ]
     return api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+
+
+def _after_the_last_event_file(run_dir: Path) -> None:
+    """Wait, if need be, until a new event file's name sorts after the run's last one.
+
+    TensorBoard reads a run's event files in name order, and the name's clock is whole seconds
+    (``events.out.tfevents.<seconds>.<host>.<pid>.<counter>``): a run resumed within the second its
+    last file was made (``train(..., resume=)`` right after a short ``train``) could be read first,
+    and its epochs dropped as out of order.
+    """
+    now = int(time.time())
+    stamps = [p.name.split(".")[3] for p in run_dir.glob("events.out.tfevents.*")]
+    if str(now).zfill(10) in stamps:
+        time.sleep(max(0.0, now + 1 - time.time()))
 
 
 def _quiet_writer_threads() -> None:
