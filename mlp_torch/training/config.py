@@ -90,7 +90,8 @@ class TrainConfig:
     check_grads_every: int = option(
         0,
         metavar="N",
-        help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)",
+        help="every N steps compare the custom/manual gradients with builtin, layer by layer, and print and log "
+        "the verdict (0 = off)",
     )
     histogram_every: int = option(
         1,
