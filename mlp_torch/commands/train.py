@@ -15,7 +15,7 @@ from ._common import INTERRUPTED_EXIT, HelpFormatter
 from ._flags import MODEL_FIELDS, add_data_arguments, add_fields, add_model_arguments, data_options_from_args, values
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
-RESUMABLE = ("epochs", "device", "progress")
+RESUMABLE = ("epochs", "device", "cuda_graphs", "progress")
 # Where the data are and come from: never taken from config.json on --resume (a resume never downloads).
 DATA_LOCATIONS = ("data_root", "cache_dir", "cache", *LOCATION_KEYS)
 

@@ -94,6 +94,12 @@ class TrainConfig:
     # bookkeeping
     seed: int = option(0, help="seeds initialisation, split, shuffling, augmentation")
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    cuda_graphs: bool | None = option(
+        None,
+        help="CUDA only: replay each full batch's forward and backward from one CUDA graph, the optimizer "
+        "stepped after the divergence check as without (default: off; it becomes the default on CUDA once "
+        "scripts/gpu_check.sh has passed on a GPU, which it has not yet)",
+    )
     runs_dir: Path = option(Path("runs"), help="where run directories are created")
     name: str = option(
         "", help="run name, the start of the run's folder name (default: e.g. mlp512-sigmoid-custom-lr0.05-seed0)"

@@ -1,8 +1,10 @@
 """The training loop, as pytorch/examples' mnist ``train()`` reads, with callbacks around it.
 
 For each batch: zero the gradients, compute them with the model's backend, check that they are
-finite, step the optimizer and the schedule. Around that, callbacks (:class:`Callback`) do
-everything else, each on the events it needs, in the order of their list:
+finite, step the optimizer and the schedule. With ``--cuda-graphs`` the first two are replayed
+from a CUDA graph for every full batch (:mod:`mlp_torch.training.cuda_graph`); the rest is the
+same. Around that, callbacks (:class:`Callback`) do everything else, each on the events it needs,
+in the order of their list:
 
     on_train_start
         on_epoch_start
@@ -96,15 +98,13 @@ def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
         DivergenceError: a non-finite loss or gradient, or an update beyond float32, before the
             optimizer steps (the parameters stay as the last step left them).
     """
-    progress, model, optimizer = state.progress, state.model, state.optimizer
+    progress, optimizer = state.progress, state.optimizer
     assert progress is not None, "start_epoch first"
     while progress.step < len(state.batches):
         x, y = state.batches.batch(progress.order, progress.step)
         state.batch = (x, y)
         callbacks.on_step_start(state)
-        optimizer.zero_grad(set_to_none=True)
-        loss, logits = model.compute_gradients(x, y, class_weight=state.class_weight)
-        stats = StepStats.measure(model, loss, logits, y)  # the one sync per step
+        stats = state.gradient_step(x, y)  # zero_grad, the backend's gradients; the one sync per step
         check_finite(state, stats)
         state.lr = optimizer.param_groups[0]["lr"]
         step_optimizer(state)

@@ -8,6 +8,7 @@ the random generators, the position inside the epoch) goes into ``last.pt`` thro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,28 +27,33 @@ from .schedule import restore_scheduler
 
 @dataclass
 class StepStats:
-    """What one step measured, read from the device in one synchronisation."""
+    """What one step measured: :meth:`gather`-ed on the device, then :meth:`read` in one synchronisation."""
 
     loss: float
     correct: int
     samples: int
     grad_sq: list[float]  # ‖∂ℓ/∂θ‖² of each layer's parameters
 
-    @classmethod
-    def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
+    @staticmethod
+    def gather(model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+        """The step's numbers in one float64 tensor on the device, without a sync (a CUDA graph can record it)."""
         grad_sq = [
             sum(p.grad.double().square().sum() for p in layer.parameters() if p.grad is not None)
             for layer in model.layers
         ]
-        values = torch.stack(
+        return torch.stack(
             [
                 loss.double(),
                 (logits.argmax(1) == y).sum().double(),
                 *[torch.as_tensor(s, dtype=torch.float64, device=loss.device) for s in grad_sq],
             ]
         )
+
+    @classmethod
+    def read(cls, values: Tensor, samples: int) -> StepStats:
+        """The numbers :meth:`gather` put on the device, for a batch of ``samples``."""
         loss_value, correct, *layer_sq = values.tolist()  # the one sync
-        return cls(loss_value, int(correct), len(y), layer_sq)
+        return cls(loss_value, int(correct), samples, layer_sq)
 
 
 @dataclass
@@ -103,6 +109,9 @@ class TrainState:
     batches: DeviceBatches  # the training split on the device: shuffled, augmented, standardised
     val: Split  # the validation split on the device (empty without one)
     class_weight: Tensor | None  # --balance weights
+    # (x, y) -> StepStats: zero_grad, the backend's gradients and the step's numbers (the one sync), up to
+    # the optimizer; eager, or with --cuda-graphs replayed from a CUDA graph (training/cuda_graph.py)
+    gradient_step: Callable[[Tensor, Tensor], StepStats]
     run_dir: Path = field(init=False)  # set once the run directory exists
     # where the run stands (all of it in last.pt)
     epoch: int = 0  # complete epochs

@@ -39,12 +39,13 @@ from typing import Any
 import torch
 
 from ..data import DataBundle, DeviceBatches, Standardizer, balance_weights, load_data
-from ..errors import WriteError
+from ..errors import UsageError, WriteError
 from ..models import build_model
 from ..utils import select_device, set_seed
 from .callbacks import StopAfterEpochs, default_callbacks
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .cuda_graph import GraphedGradients, eager_gradients
 from .evaluation import evaluate
 from .loop import Callback, CallbackList, finish_epoch, start_epoch, train_one_epoch
 from .resume import check_same_data, load_run_config, note, open_for_resume, record_resumed_config
@@ -153,6 +154,7 @@ def start_run(config: TrainConfig, resume: Path | None = None) -> Iterator[Train
             lock, ckpt = open_for_resume(resume, config.epochs)
             cleanup.callback(lock.release)
         device = select_device(config.device)
+        check_cuda_graphs(config, device)
         set_seed(config.seed)
         data = load_data(config.data, allow_download=resume is None)  # a resume never downloads
         if resume is not None:
@@ -203,6 +205,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         sample_weights=sample_weights,
     )
     optimizer = build_optimizer(config, model.parameters())
+    class_weight = None if loss_weights is None else loss_weights.to(device)
     state = TrainState(
         config=config,
         device=device,
@@ -213,10 +216,24 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         scheduler=build_scheduler(config, optimizer, steps_per_epoch=len(batches)),
         batches=batches,
         val=data.val.to(device),
-        class_weight=None if loss_weights is None else loss_weights.to(device),
+        class_weight=class_weight,
+        gradient_step=(
+            GraphedGradients(model, class_weight, config.batch_size)
+            if config.cuda_graphs
+            else eager_gradients(model, class_weight)
+        ),
     )
     state.lr = optimizer.param_groups[0]["lr"]
     return state
+
+
+def check_cuda_graphs(config: TrainConfig, device: torch.device) -> None:
+    """Refuse ``--cuda-graphs`` on a device that is not CUDA (before any data are loaded)."""
+    if config.cuda_graphs and device.type != "cuda":
+        raise UsageError(
+            f"--cuda-graphs needs a CUDA device, but this run's device is {device} "
+            f"(--device {config.device}): pass --device cuda, or leave --cuda-graphs out"
+        )
 
 
 def write_run_config(state: TrainState) -> None:
