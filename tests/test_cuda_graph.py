@@ -21,7 +21,7 @@ from mlp_torch.cli import main
 from mlp_torch.data import DataOptions
 from mlp_torch.errors import DivergenceError
 from mlp_torch.models import BACKENDS, Classifier, build_model
-from mlp_torch.training import Callback, TrainConfig, TrainState, cuda_graph, train, trainer
+from mlp_torch.training import Callback, TrainConfig, TrainState, cuda_graph, start_run, train, trainer
 from mlp_torch.training.checkpoint import load_checkpoint
 from mlp_torch.training.cuda_graph import GraphedGradients, GraphedStep, Step, eager_gradients, gradient_step
 from mlp_torch.training.state import StepStats
@@ -396,3 +396,12 @@ def test_a_cuda_run_with_cuda_graphs_trains_like_one_without(tmp_path, backend: 
     eager = train(tiny_config(tmp_path / "eager", backend=backend, device="cuda"))
     graphed = train(tiny_config(tmp_path / "graphed", backend=backend, device="cuda", cuda_graphs=True))
     same_runs(graphed, eager, exact=False)
+
+
+@needs_cuda
+def test_a_cuda_run_keeps_the_training_and_validation_splits_on_the_gpu(tmp_path) -> None:
+    with start_run(tiny_config(tmp_path, device="cuda", cuda_graphs=True)) as state:
+        assert state.batches.x.is_cuda and state.batches.y.is_cuda and state.val.x.is_cuda
+        assert isinstance(state.gradient_step, GraphedGradients)
+        x, y = state.batches.batch(state.batches.epoch_order(), 0)
+        assert x.is_cuda and y.is_cuda

@@ -133,7 +133,7 @@ class GraphedGradients:
 
     Args:
         model: on a CUDA device.
-        class_weight: ``--balance loss`` weights, or ``None``.
+        class_weight: the loss's class weights (``--balance weights``), or ``None``.
         batch_size: the samples of a full batch.
         warmup: :class:`GraphedStep`'s.
     """
