@@ -35,8 +35,13 @@ class StepStats:
 
     @classmethod
     def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
+        # ‖g‖ accumulated in float64 (no float32 overflow of g², no float64 copy of g), then squared
         grad_sq = [
-            sum(p.grad.double().square().sum() for p in layer.parameters() if p.grad is not None)
+            sum(
+                torch.linalg.vector_norm(p.grad, dtype=torch.float64).square()
+                for p in layer.parameters()
+                if p.grad is not None
+            )
             for layer in model.layers
         ]
         values = torch.stack(
