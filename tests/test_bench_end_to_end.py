@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlp_torch import cli
+from mlp_torch.errors import MlpTorchError, UsageError
 from mlp_torch.models import build_model
 from mlp_torch.training import bench_end_to_end
 from mlp_torch.training.bench_end_to_end import GemmShapes
@@ -126,3 +127,15 @@ def test_gpu_check_is_valid_bash_and_refuses_without_cuda(tmp_path):
     assert "needs a CUDA GPU" in done.stderr and done.stderr.count("\n") == 1
     usage = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: scripts/gpu_check.sh DIR" in usage.stderr
+
+
+def test_a_failing_baseline_is_one_error_line_with_its_reason(tmp_path, monkeypatch):
+    script = tmp_path / "baseline.py"
+    script.write_text("import sys\nprint('working', file=sys.stderr)\nsys.exit('torchvision is not installed')\n")
+    monkeypatch.setattr(bench_end_to_end, "BASELINE_SCRIPT", script)
+    settings = bench_end_to_end.EndToEndSettings.quick()
+    with pytest.raises(MlpTorchError, match=r"baseline failed \(exit 1\): torchvision is not installed$"):
+        bench_end_to_end.run_baseline(tmp_path, settings, torch.device("cpu"), seed=0, threads=1)
+    monkeypatch.setattr(bench_end_to_end, "BASELINE_SCRIPT", tmp_path / "missing.py")
+    with pytest.raises(UsageError, match="run the bench from a checkout"):
+        bench_end_to_end.run_baseline(tmp_path, settings, torch.device("cpu"), seed=0, threads=1)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ..data import DataOptions, load_data
-from ..errors import UsageError
+from ..errors import MlpTorchError, UsageError
 from .callbacks import ConsoleOutput, default_callbacks
 from .config import TrainConfig
 from .loop import Callback, CallbackList
@@ -216,7 +216,7 @@ def run_baseline(
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             tail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
-            raise RuntimeError(f"the plain-PyTorch baseline failed (exit {done.returncode}): {tail[0]}")
+            raise MlpTorchError(f"the plain-PyTorch baseline failed (exit {done.returncode}): {tail[0]}")
         result: dict[str, Any] = json.loads(out.read_text())
         return result
 
