@@ -67,11 +67,11 @@ def test_gradient_step_is_zero_grad_the_backends_gradients_and_their_numbers() -
         torch.testing.assert_close(logits, ref_logits.detach())
         for p, q in zip(model.parameters(), reference.parameters()):
             torch.testing.assert_close(p.grad, q.grad)
-        stats = StepStats.read(numbers, len(y))
+        stats = StepStats.read(numbers, model, len(y))
         assert stats.samples == 12 and stats.correct == (ref_logits.argmax(1) == y).sum().item()
         assert stats.loss == loss.item()  # the step's own loss, to the last bit
         squares = [sum(p.grad.double().square().sum().item() for p in layer.parameters()) for layer in model.layers]
-        torch.testing.assert_close(stats.grad_sq, squares, rtol=1e-12, atol=0)
+        torch.testing.assert_close(stats.grad_sq, squares, rtol=1e-6, atol=0)  # norms summed in float32
         assert eager_gradients(model)(x, y) == stats
     assert all(p.equal(q) for p, q in zip(model.parameters(), reference.parameters()))  # no step taken
 

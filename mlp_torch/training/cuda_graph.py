@@ -67,8 +67,8 @@ def eager_gradients(model: Classifier, class_weight: Tensor | None = None) -> Ca
     step = gradient_step(model, class_weight)
 
     def gradients(x: Tensor, y: Tensor) -> StepStats:
-        *_, stats = step(x, y)
-        return StepStats.read(stats, len(y))
+        *_, numbers = step(x, y)
+        return StepStats.read(numbers, model, len(y))
 
     return gradients
 
@@ -139,7 +139,7 @@ class GraphedGradients:
     """
 
     def __init__(self, model: Classifier, class_weight: Tensor | None, batch_size: int, warmup: int = 3) -> None:
-        self.params = list(model.parameters())
+        self.model, self.params = model, list(model.parameters())
         self.step = gradient_step(model, class_weight)
         self.eager = eager_gradients(model, class_weight)
         self.batch_size, self.warmup = batch_size, warmup
@@ -152,7 +152,7 @@ class GraphedGradients:
         if self.graphed is None:
             self.graphed = GraphedStep(self.step, x, y, self.warmup)
             self.grads = [p.grad for p in self.params]  # allocated by the capture, rewritten by each replay
-        *_, stats = self.graphed(x, y)
+        *_, numbers = self.graphed(x, y)
         for p, grad in zip(self.params, self.grads):
             p.grad = grad
-        return StepStats.read(stats, len(y))
+        return StepStats.read(numbers, self.model, len(y))

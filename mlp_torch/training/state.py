@@ -34,26 +34,44 @@ class StepStats:
     samples: int
     grad_sq: list[float]  # ‖∂ℓ/∂θ‖² of each layer's parameters
 
+    @classmethod
+    def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
+        """:meth:`gather`, then :meth:`read`: the numbers of a step just taken."""
+        return cls.read(cls.gather(model, loss, logits, y), model, len(y))
+
     @staticmethod
     def gather(model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
         """The step's numbers in one float64 tensor on the device, without a sync (a CUDA graph can record it)."""
-        grad_sq = [
-            sum(p.grad.double().square().sum() for p in layer.parameters() if p.grad is not None)
-            for layer in model.layers
-        ]
         return torch.stack(
             [
                 loss.double(),
                 (logits.argmax(1) == y).sum().double(),
-                *[torch.as_tensor(s, dtype=torch.float64, device=loss.device) for s in grad_sq],
+                *[layer_grad_sq(layer, torch.float32, loss.device) for layer in model.layers],
             ]
         )
 
     @classmethod
-    def read(cls, values: Tensor, samples: int) -> StepStats:
-        """The numbers :meth:`gather` put on the device, for a batch of ``samples``."""
+    def read(cls, values: Tensor, model: Classifier, samples: int) -> StepStats:
+        """The numbers :meth:`gather` put on the device, for a batch of ``samples``.
+
+        ``model``'s ``.grad`` must still be the step's: a norm that overflowed float32 is measured again.
+        """
         loss_value, correct, *layer_sq = values.tolist()  # the one sync
+        # g² overflows float32 beyond |g| ≈ 1.8e19: where a norm came out inf, measure it again in float64
+        # (a second sync, only then), so that only a gradient that truly is inf or NaN reads as one
+        layer_sq = [
+            sq if math.isfinite(sq) else layer_grad_sq(layer, torch.float64, values.device).item()
+            for sq, layer in zip(layer_sq, model.layers)
+        ]
         return cls(loss_value, int(correct), samples, layer_sq)
+
+
+def layer_grad_sq(layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``‖∂ℓ/∂θ‖²`` over a layer's parameters (float64), the norms accumulated in ``dtype``."""
+    norms = [torch.linalg.vector_norm(p.grad, dtype=dtype) for p in layer.parameters() if p.grad is not None]
+    if not norms:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack(norms).double().square().sum()
 
 
 @dataclass
