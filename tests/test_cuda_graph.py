@@ -98,11 +98,19 @@ def test_cuda_graphs_on_the_cpu_is_refused_with_one_line(tmp_path, capsys) -> No
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_cuda_graphs_is_off_unless_asked_and_may_change_on_resume() -> None:
-    from mlp_torch.commands.train import RESUMABLE
-
+def test_cuda_graphs_is_off_unless_asked() -> None:
     assert TrainConfig().cuda_graphs is None  # off until scripts/gpu_check.sh has passed on a GPU
-    assert "cuda_graphs" in RESUMABLE  # how a step is launched, not what it computes
+
+
+def test_resume_takes_cuda_graphs_from_the_command_line(tmp_path, capsys) -> None:
+    """How a step is launched may change on resume, like the device: here to a refusal on the CPU."""
+    run = Path(train(tiny_config(tmp_path, epochs=1))["run_dir"])
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    code = main(["train", "--resume", str(run), "--epochs", "2", "--cuda-graphs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--cuda-graphs needs a CUDA device" in err[0], err
+    assert (run / "config.json").read_text() == config
 
 
 # ---------------------------------------------------------------------------------------------

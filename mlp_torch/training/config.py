@@ -96,8 +96,8 @@ class TrainConfig:
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     cuda_graphs: bool | None = option(
         None,
-        help="CUDA only: replay each full batch's forward and backward from one CUDA graph, the optimizer "
-        "stepped after the divergence check as without (default: off; it becomes the default on CUDA once "
+        help="CUDA only: replay each full batch's forward and backward from one CUDA graph; the optimizer "
+        "still steps eagerly, after the divergence check (default: off; it becomes the default on CUDA once "
         "scripts/gpu_check.sh has passed on a GPU, which it has not yet)",
     )
     runs_dir: Path = option(Path("runs"), help="where run directories are created")
