@@ -19,6 +19,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mlp_torch.cli import main
 from mlp_torch.training.rundir import _flock_holder
@@ -42,6 +44,16 @@ TINY = [
     "--device",
     "cpu",
 ]
+TINY_FIELDS = {  # the same, as config fields
+    "dataset": "synthetic",
+    "image_size": 8,
+    "synthetic_train_per_class": 40,
+    "synthetic_test_per_class": 20,
+    "hidden": [8],
+    "cache": False,
+    "histogram_every": 0,
+    "device": "cpu",
+}
 TIMEOUT = 120  # seconds for a loaded 2-core machine to start a worker and train a trial
 
 
@@ -79,11 +91,12 @@ def wait_for(predicate, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def training_pid(sweep_dir: Path) -> tuple[Path, int]:
-    """A run being trained (its first epoch saved) and the pid of the worker holding its lock."""
+def training_pid(sweep_dir: Path, run_name: str = "") -> tuple[Path, int]:
+    """A run being trained (its first epoch saved; its name ends with ``run_name``) and the pid of the
+    worker holding its lock."""
 
     def find():
-        for last in sorted(sweep_dir.glob("trials/*/checkpoints/last.pt")):
+        for last in sorted(sweep_dir.glob(f"trials/*{run_name}/checkpoints/last.pt")):
             pid = _flock_holder(last.parent.parent / ".lock")
             if pid is not None and pid != os.getpid():
                 return last.parent.parent, pid
@@ -158,20 +171,30 @@ def test_a_diverging_trial_is_failed_and_the_sweep_goes_on(tmp_path, capsys):
 
 def test_a_worker_killed_with_sigkill_leaves_its_trial_failed_and_the_rest_go_on(tmp_path, capsys):
     s = tmp_path / "S"
+    # the study's first trials, queued: a long one to kill (trial 0), then short ones
+    s.mkdir()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(s / "study.journal")))
+    study = optuna.create_study(study_name="S", storage=storage, direction="maximize")
+    for epochs in (300, 2, 2, 2):
+        study.enqueue_trial({"epochs": epochs})
     codes: list[int] = []
-    flags = ["--epochs", "60", "--lr", "0.01,0.02,0.03,0.04", "--trials", "3", "--workers", "2", "--pruner", "none"]
+    flags = ["--epochs", "2,300", "--lr", "0.01", "--trials", "3", "--workers", "2", "--pruner", "none"]
     runner = threading.Thread(target=lambda: codes.append(sweep(s, *flags)))
     runner.start()
-    victim, pid = training_pid(s)
+    victim, pid = training_pid(s, "S-trial0000")
     os.kill(pid, signal.SIGKILL)
     runner.join(TIMEOUT)
     assert codes == [0]
     trials = summary(s)["trials"]
-    failed = [t for t in trials if t["state"] == "FAIL"]
-    assert len(failed) == 1 and failed[0]["run_dir"] == str(victim)
-    assert sum(t["state"] == "COMPLETE" for t in trials) == 3  # the killed trial did not use up the budget
-    (killed,) = [t for t in study_trials(s) if t.number == failed[0]["number"]]
-    assert killed.user_attrs["outcome"] == "killed"
+    assert [(t["state"], t["params"]["epochs"]) for t in trials] == [
+        ("FAIL", 300),
+        ("COMPLETE", 2),
+        ("COMPLETE", 2),
+        ("COMPLETE", 2),  # the killed trial did not use up the budget: a third one ran
+    ]
+    assert trials[0]["run_dir"] == str(victim) and trials[0]["value"] is None
+    assert len({t["run_dir"] for t in trials}) == 4
+    assert study_trials(s)[0].user_attrs["outcome"] == "killed"
     assert f"(pid {pid}) was killed by SIGKILL" in capsys.readouterr().out
 
 
@@ -239,6 +262,18 @@ def test_seeds_train_each_configuration_with_each_seed_and_score_the_mean(tmp_pa
     assert " --seed 5 " in best["command"]
 
 
+def test_the_hparams_tab_shows_a_searched_data_option(tmp_path):
+    s = tmp_path / "S"
+    assert sweep(s, "--epochs", "1", "--augment-crop", "0,3", "--sampler", "grid", "--trials", "2") == 0
+    for trial in summary(s)["trials"]:
+        events = EventAccumulator(trial["run_dir"])
+        events.Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        assert start.hparams["augment_crop"].number_value == trial["params"]["augment_crop"]
+        assert start.hparams["image_size"].number_value == 8 and "cache_dir" not in start.hparams
+
+
 class FakeTrial:
     """An Optuna trial that wants to be pruned from step ``prune_from`` on."""
 
@@ -259,11 +294,7 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_the_run_when_told(tmp
     from mlp_torch.sweep.trial import ReportToPruner, mark_pruned, train_quietly
 
     epochs = 5 if pruned else 2
-    config = make_config(
-        {"dataset": "synthetic", "image_size": 8, "synthetic_train_per_class": 40, "synthetic_test_per_class": 20,
-         "hidden": [8], "cache": False, "histogram_every": 0, "device": "cpu", "epochs": epochs,
-         "runs_dir": tmp_path, "progress": False}
-    )  # fmt: skip
+    config = make_config({**TINY_FIELDS, "epochs": epochs, "runs_dir": tmp_path, "progress": False})
     trial = FakeTrial(prune_from=1)
     callback = ReportToPruner(trial, first_step=0, last_step=last_step)
     metrics = train_quietly(config, [callback])
@@ -276,3 +307,15 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_the_run_when_told(tmp
         assert saved["status"] == "pruned" and saved["pruned_after_epoch"] == 2 and "signal" not in saved
     else:  # the trial's very last epoch is never pruned: there is nothing left to save
         assert callback.pruned_at is None and metrics["status"] == "completed"
+
+
+def test_a_trials_last_epoch_is_never_pruned_when_the_epochs_are_searched(tmp_path):
+    from mlp_torch.sweep import Choices, SweepPlan
+    from mlp_torch.sweep.trial import run_trial
+
+    plan = SweepPlan(dict(TINY_FIELDS), {"epochs": Choices((1, 2))}, trials=1)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prune all
+    study.enqueue_trial({"epochs": 1})
+    trial = study.ask(plan.distributions())
+    assert run_trial(study, trial._trial_id, plan, tmp_path).outcome == "completed"
+    assert study.trials[0].state.name == "COMPLETE"

@@ -87,10 +87,6 @@ class SweepPlan:
         return make_config(self.fixed)
 
     @property
-    def epochs(self) -> int:
-        return int(self.fixed.get("epochs", TrainConfig.epochs))
-
-    @property
     def grid_size(self) -> int | None:
         """How many configurations ``--sampler grid`` has (``None`` for the other samplers)."""
         if self.sampler != "grid":

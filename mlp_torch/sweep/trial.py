@@ -99,13 +99,16 @@ def run_trial(
 
     trial = optuna.trial.Trial(study, trial_id)
     number = trial.number
-    last_step = plan.seeds * plan.epochs - 1
     results: list[dict[str, Any]] = []
     try:
         for k in range(plan.seeds):
             config = plan.trial_config(trial.params, k, runs_dir, run_name(study.study_name, number, k, plan.seeds))
-            pruner = ReportToPruner(trial, k * config.epochs, last_step)
-            metrics = train_quietly(config, [RecordRunDir(trial), pruner, *callbacks])
+            # the trial's own epochs (--epochs may be searched)
+            pruner = ReportToPruner(trial, k * config.epochs, plan.seeds * config.epochs - 1)
+            # --pruner none: no epoch is reported, so training never writes to the storage; a worker
+            # killed then leaves no lock of the study's journal held (the curves are in TensorBoard)
+            reporting = [pruner] if plan.pruner != "none" else []
+            metrics = train_quietly(config, [RecordRunDir(trial), *reporting, *callbacks])
             if pruner.pruned_at is not None:
                 mark_pruned(metrics, pruner.pruned_at)
                 return finish(

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..compare import backend_gradients, errors
+from ..data.saved import LOCATION_KEYS
 from ..errors import DivergenceError, WriteError
 from ..utils import print_line
 from .checkpoint import save_checkpoint
@@ -179,7 +180,14 @@ class TensorBoardLog(Callback):
         if state.test_result is not None:
             self.log.confusion(torch.tensor(state.test_result.confusion_matrix), state.epoch, tag="confusion/test")
             config = state.config
-            hparams = {k: v for k, v in config.to_dict().items() if k != "data"}
+            values = config.to_dict()
+            hparams = {k: v for k, v in values.items() if k != "data"}
+            # the data options that change what is trained (a sweep may search them), not where data are
+            hparams.update(
+                (k, v)
+                for k, v in values["data"].items()
+                if k not in (*LOCATION_KEYS, "data_root", "cache", "seed") and isinstance(v, (bool, int, float, str))
+            )
             hparams.update(
                 {
                     "dataset": config.data.dataset,
