@@ -96,7 +96,7 @@ def training_pid(sweep_dir: Path, run_name: str = "") -> tuple[Path, int]:
     worker holding its lock."""
 
     def find():
-        for last in sorted(sweep_dir.glob(f"trials/*{run_name}/checkpoints/last.pt")):
+        for last in sorted(sweep_dir.glob(f"trials/*{run_name}*/checkpoints/last.pt")):
             pid = _flock_holder(last.parent.parent / ".lock")
             if pid is not None and pid != os.getpid():
                 return last.parent.parent, pid
@@ -175,10 +175,10 @@ def test_a_worker_killed_with_sigkill_leaves_its_trial_failed_and_the_rest_go_on
     s.mkdir()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(s / "study.journal")))
     study = optuna.create_study(study_name="S", storage=storage, direction="maximize")
-    for epochs in (300, 2, 2, 2):
+    for epochs in (100_000, 2, 2, 2):  # an epoch takes a few ms: trial 0 runs until it is killed
         study.enqueue_trial({"epochs": epochs})
     codes: list[int] = []
-    flags = ["--epochs", "2,300", "--lr", "0.01", "--trials", "3", "--workers", "2", "--pruner", "none"]
+    flags = ["--epochs", "2,100000", "--lr", "0.01", "--trials", "3", "--workers", "2", "--pruner", "none"]
     runner = threading.Thread(target=lambda: codes.append(sweep(s, *flags)))
     runner.start()
     victim, pid = training_pid(s, "S-trial0000")
@@ -187,7 +187,7 @@ def test_a_worker_killed_with_sigkill_leaves_its_trial_failed_and_the_rest_go_on
     assert codes == [0]
     trials = summary(s)["trials"]
     assert [(t["state"], t["params"]["epochs"]) for t in trials] == [
-        ("FAIL", 300),
+        ("FAIL", 100_000),
         ("COMPLETE", 2),
         ("COMPLETE", 2),
         ("COMPLETE", 2),  # the killed trial did not use up the budget: a third one ran
@@ -200,7 +200,9 @@ def test_a_worker_killed_with_sigkill_leaves_its_trial_failed_and_the_rest_go_on
 
 def test_ctrl_c_saves_the_running_trial_as_interrupted_and_a_rerun_runs_it_again(tmp_path, capsys):
     s = tmp_path / "S"
-    flags = ["--epochs", "60", "--lr", "1e-3..1e-1:log", "--trials", "1", "--pruner", "none"]
+    # 900 training images: 60 epochs take a second or two, time to stop the trial after its first
+    flags = ["--synthetic-train-per-class", "300", "--epochs", "60", "--lr", "1e-3..1e-1:log", "--trials", "1"]
+    flags += ["--pruner", "none"]
 
     def interrupt():
         training_pid(s)
