@@ -15,7 +15,7 @@ MIN_STD_FLOAT = 1e-6  # float features (2-D points): only guards against dividin
 
 
 class Standardizer:
-    """``std(x) -> float32 (B, D)``: flatten, subtract the train mean, divide by the train std.
+    """``std(x) -> (B, D)``: flatten, subtract the train mean, divide by the train std (float32, or ``dtype``).
 
     ``x`` is uint8 images (B, 3, H, W), D = 3·H·W, or float points (B, D).
     """
@@ -60,13 +60,13 @@ class Standardizer:
     def to(self, device: torch.device | str) -> Standardizer:
         return Standardizer(self.mean.to(device), self.std.to(device))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(len(x), -1)
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        flat = x.flatten(1)  # B,D, also for B = 0 (a process's share of a batch may be empty)
         if flat.shape[1] != self.in_features:
             raise ValueError(f"inputs have {flat.shape[1]} features, the standardiser was fitted on {self.in_features}")
         if self.mean.device != flat.device:
             self.mean, self.std = self.mean.to(flat.device), self.std.to(flat.device)
-        return (flat.to(torch.float32) - self.mean) / self.std
+        return (flat.to(dtype) - self.mean.to(dtype)) / self.std.to(dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.detach().cpu(), "std": self.std.detach().cpu()}

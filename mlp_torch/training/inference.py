@@ -68,7 +68,8 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     ckpt = load_checkpoint(file, map_location=device)
     validate_checkpoint(ckpt, file)  # before build_model allocates anything the config claims
     try:
-        model = build_model(**ckpt["model_config"]).to(device)
+        dtype = next(t.dtype for t in ckpt["model_state"].values() if t.is_floating_point())  # --dtype of the run
+        model = build_model(**ckpt["model_config"]).to(device=device, dtype=dtype)
         model.load_state_dict(ckpt["model_state"])
         standardizer = Standardizer.from_state_dict(ckpt["standardizer"]).to(device)
     except (TypeError, KeyError, RuntimeError, ValueError) as err:
@@ -167,7 +168,7 @@ def predict_images(loaded: LoadedModel, images: list[Path], top: int = 3) -> lis
     """
     device = next(loaded.model.parameters()).device
     pixels = torch.stack([read_image(p, loaded.image_size) for p in images]).to(device)  # B,3,S,S uint8
-    x = loaded.standardizer(pixels).to(next(loaded.model.parameters()).dtype)
+    x = loaded.standardizer(pixels, next(loaded.model.parameters()).dtype)
     probs = torch.softmax(loaded.model(x), dim=1)  # B,C
     k = min(top, probs.shape[1])
     values, indices = probs.topk(k, dim=1)

@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..data import DataBundle, DeviceBatches, Split, Standardizer
 from ..models import Classifier
 from .config import TrainConfig
+from .distributed import World
 from .evaluation import EvalResult
 from .resume import note
 from .schedule import restore_scheduler
@@ -35,19 +36,22 @@ class StepStats:
 
     @classmethod
     def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
-        grad_sq = [
-            sum(p.grad.double().square().sum() for p in layer.parameters() if p.grad is not None)
-            for layer in model.layers
-        ]
-        values = torch.stack(
-            [
-                loss.double(),
-                (logits.argmax(1) == y).sum().double(),
-                *[torch.as_tensor(s, dtype=torch.float64, device=loss.device) for s in grad_sq],
-            ]
-        )
+        values = torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), *layer_grad_sq(model)])
         loss_value, correct, *layer_sq = values.tolist()  # the one sync
         return cls(loss_value, int(correct), len(y), layer_sq)
+
+
+def layer_grad_sq(model: Classifier) -> list[Tensor]:
+    """``‖∂ℓ/∂θ‖²`` of each layer's parameters, float64 0-dim tensors on the model's device (no sync)."""
+    device = next(model.parameters()).device
+    return [
+        torch.as_tensor(
+            sum(p.grad.double().square().sum() for p in layer.parameters() if p.grad is not None),
+            dtype=torch.float64,
+            device=device,
+        )
+        for layer in model.layers
+    ]
 
 
 @dataclass
@@ -103,6 +107,7 @@ class TrainState:
     batches: DeviceBatches  # the training split on the device: shuffled, augmented, standardised
     val: Split  # the validation split on the device (empty without one)
     class_weight: Tensor | None  # --balance weights
+    world: World = field(default_factory=World)  # the processes training the run together (torchrun); one by default
     run_dir: Path = field(init=False)  # set once the run directory exists
     # where the run stands (all of it in last.pt)
     epoch: int = 0  # complete epochs
