@@ -41,6 +41,11 @@ class Callback:
     They read the :class:`TrainState` and write only ``state.should_stop`` (and ``state.signal``).
     ``on_failure`` runs instead of ``on_train_end`` when anything raises, the error then goes on
     up; it must not raise itself.
+
+    With several processes each runs its own callbacks (the file writers on rank 0 only), on the
+    same numbers: a stop decided from them is decided alike everywhere. A stop from anything a
+    process sees alone (a signal) must be asked for in ``on_step_start``, before the step's
+    all-reduce shares it (as :class:`~mlp_torch.training.callbacks.GracefulStop` does).
     """
 
     def on_train_start(self, state: TrainState) -> None: ...

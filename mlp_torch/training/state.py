@@ -27,7 +27,7 @@ from .schedule import restore_scheduler
 
 @dataclass
 class StepStats:
-    """What one step measured, read from the device in one synchronisation."""
+    """What one step measured, read from the device in one synchronisation (several processes: the whole batch)."""
 
     loss: float
     correct: int
@@ -118,7 +118,7 @@ class TrainState:
     best_weights: dict[str, Tensor] | None = None  # its parameters, once an epoch of this process was best
     train_seconds: float = 0.0
     # the latest step and epoch, for callbacks
-    batch: tuple[Tensor, Tensor] | None = None  # (x, y) of the step under way
+    batch: tuple[Tensor, Tensor] | None = None  # (x, y) of the step under way: this process's rows of it
     step_stats: StepStats | None = None  # of the latest step
     lr: float = float("nan")  # the learning rate of the latest step
     val_result: EvalResult | None = None  # the latest epoch's validation (None without a validation split)
