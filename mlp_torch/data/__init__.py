@@ -8,7 +8,7 @@ for xb, yb in DeviceBatches(train.x, train.y, 128, std, generator=g): ...
 """
 
 from .bundle import DataBundle, balance_weights, describe_data_change, load_data, stratified_split
-from .loader import DeviceBatches, class_weights, random_crop, random_flip, shard_rows
+from .loader import DeviceBatches, class_weights, random_crop, random_flip
 from .options import DataOptions, default_cache_dir
 from .preprocess import Standardizer
 from .splits import RawSplits, Split
@@ -27,6 +27,5 @@ __all__ = [
     "load_data",
     "random_crop",
     "random_flip",
-    "shard_rows",
     "stratified_split",
 ]

@@ -33,16 +33,6 @@ def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return inverse / inverse[counts > 0].mean()
 
 
-def shard_rows(n: int, rank: int, world_size: int) -> slice:
-    """Process ``rank``'s rows of a batch of ``n``: contiguous, the first ``n % world_size`` ranks one more.
-
-    As ``torch.tensor_split``: 10 rows on 4 processes are 3, 3, 2, 2; 1 row on 2 processes is 1, 0.
-    """
-    size, extra = divmod(n, world_size)
-    start = rank * size + min(rank, extra)
-    return slice(start, start + size + (rank < extra))
-
-
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image (B, C, H, W) left-right with probability 1/2."""
     flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
@@ -80,7 +70,8 @@ class DeviceBatches:
         drop_last: drop the last, smaller batch.
         dtype: the floating-point type the batches are standardised into.
         shard: ``(rank, world_size)``: keep only this process's rows of every batch
-            (:func:`shard_rows`); the draws are made for the whole batch all the same.
+            (``torch.tensor_split``'s: contiguous, the first ``B mod world_size`` one row more); the
+            draws are made for the whole batch all the same.
     """
 
     def __init__(
@@ -147,8 +138,9 @@ class DeviceBatches:
             xb = random_crop(xb, self.augment_crop, self.generator)
         if self.augment_flip:
             xb = random_flip(xb, self.generator)
-        rows = shard_rows(len(idx), *self.shard)
-        return self.standardizer(xb[rows], self.dtype), self.y[idx[rows]]
+        rank, world_size = self.shard
+        xb, yb = xb.tensor_split(world_size)[rank], self.y[idx].tensor_split(world_size)[rank]
+        return self.standardizer(xb, self.dtype), yb
 
     def _order(self) -> torch.Tensor:
         n = len(self.x)

@@ -38,7 +38,10 @@ Rank 0 alone writes the run directory (checkpoints, TensorBoard, ``metrics.json`
 the console: the others' standard output and error go to ``os.devnull`` while they train, and the
 command line prints only rank 0's errors. Every collective times out after ``--dist-timeout``; a
 process that dies is noticed at once (its connections close), one that hangs after the timeout,
-and either way the others stop with one line (:class:`~mlp_torch.errors.LostContactError`).
+and either way the others stop with one line (:class:`~mlp_torch.errors.LostContactError`). That
+is gloo, on the CPU. nccl's collectives are asynchronous: the call returns at once and a timeout
+surfaces in NCCL's watchdog, which ends the process with its own message (``torchrun`` then
+stops the others), not here.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..data import Standardizer, shard_rows
+from ..data import Standardizer
 from ..errors import LostContactError, MlpTorchError, UsageError
 from ..models import Classifier
 from ..utils import select_device
@@ -206,8 +209,8 @@ def evaluate_sharded(world: World, model: Classifier, x: Tensor, y: Tensor, stan
     """
     if world.size == 1:
         return evaluate(model, x, y, standardizer)
-    rows = shard_rows(len(x), world.rank, world.size)
-    loss_sum, confusion = evaluation_sums(model, x[rows], y[rows], standardizer)
+    mine = x.tensor_split(world.size)[world.rank], y.tensor_split(world.size)[world.rank]
+    loss_sum, confusion = evaluation_sums(model, *mine, standardizer)
     sums = world.all_reduce_sum(torch.cat([loss_sum.reshape(1), confusion.reshape(-1).double()]))
     return evaluation_result(sums[0], sums[1:].round().long().view_as(confusion))
 
