@@ -113,10 +113,11 @@ def set_seed(seed: int) -> None:
 def launched_rank() -> int:
     """This process's rank among those ``torchrun`` started (its ``RANK``); 0 when it runs alone.
 
-    With several processes, rank 0 speaks for the run: the others keep quiet on the console.
+    With several processes, rank 0 speaks for the run: the others keep quiet on the console. A
+    ``RANK`` that is no rank of ``WORLD_SIZE`` also gives 0: that process must say what is wrong.
     """
-    rank = os.environ.get("RANK", "0")
-    return int(rank) if rank.isdigit() else 0
+    rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return int(rank) if rank.isdigit() and size.isdigit() and int(rank) < int(size) else 0
 
 
 def print_line(text: str) -> None:

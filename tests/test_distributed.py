@@ -32,7 +32,9 @@ from PIL import Image
 
 from mlp_torch.cli import main
 from mlp_torch.data import DataOptions
+from mlp_torch.errors import UsageError
 from mlp_torch.training import Callback, TrainConfig, TrainState, train
+from mlp_torch.training.distributed import join_processes, process_device
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or not dist.is_available() or not dist.is_gloo_available(),
@@ -306,3 +308,70 @@ def test_a_process_that_hangs_or_dies_makes_the_others_stop_with_one_line(tmp_pa
         assert "Timed out" in (tmp_path / "rank0.err").read_text()  # gloo's timeout, in rank 0's line
     assert (tmp_path / "rank1.out").read_text() == ""  # rank 0 speaks for the run
     assert torch.load(only_run(runs) / "checkpoints" / "last.pt", weights_only=True)["epoch"] >= 1
+
+
+# --------------------------------------------------------------------------- launches that cannot work, and the GPUs
+
+
+@pytest.mark.parametrize(
+    ("rank", "says"),
+    [
+        ("0", "MASTER_ADDR expected, but not set; start the processes with torchrun"),
+        ("3", "WORLD_SIZE=2 needs a RANK from 0 to 1; start the processes with torchrun"),
+        ("one", "RANK='one' must be a whole number (torchrun sets it)"),
+    ],
+)
+def test_a_launch_without_torchrun_s_variables_is_one_line_exit_2_and_makes_nothing(
+    tmp_path, monkeypatch, capsys, rank, says
+):
+    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main([*FLAGS, "--runs-dir", str(tmp_path / "runs")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("mlp-torch train: error: ") and line.endswith(says)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> list[torch.device]:
+    """A machine with two CUDA GPUs, as far as device selection can tell; the devices set, in order."""
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(two_gpus, monkeypatch):
+    assert process_device("auto", 1) == torch.device("cuda", 1) and two_gpus == [torch.device("cuda", 1)]
+    assert process_device("cuda", 0) == torch.device("cuda", 0)
+    assert process_device("cpu", 1) == torch.device("cpu")
+    with pytest.raises(UsageError, match=r"LOCAL_RANK 2, but this machine has 2 GPU\(s\).*--nproc-per-node"):
+        process_device("cuda", 2)
+    with pytest.raises(UsageError, match="each process takes cuda:LOCAL_RANK; pass --device cuda"):
+        process_device("cuda:1", 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(UsageError, match="no backend for MPS"):
+        process_device("mps", 0)
+
+
+@pytest.mark.parametrize(("device", "backend"), [("auto", "nccl"), ("cuda", "nccl"), ("cpu", "gloo")])
+def test_the_backend_follows_the_device_nccl_on_the_gpu_of_the_local_rank(
+    two_gpus, monkeypatch, capsys, device, backend
+):
+    """What the processes are joined with (never run with nccl here: no GPU); the group is faked."""
+    calls: list[tuple[str, Any]] = []
+    monkeypatch.setattr(dist, "init_process_group", lambda name, **kw: calls.append((name, kw["device_id"])))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append(("destroyed", None)))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")  # the second process of the second machine
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with join_processes(device, timeout=5) as (world, chosen):
+        assert (world.rank, world.size, world.timeout, world.is_main) == (3, 4, 5, False)
+        print("rank 3 is quiet")
+    assert capsys.readouterr().out == ""
+    expected = torch.device("cuda", 1) if backend == "nccl" else torch.device("cpu")
+    assert chosen == expected
+    assert calls == [(backend, expected if backend == "nccl" else None), ("destroyed", None)]
