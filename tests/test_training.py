@@ -441,7 +441,7 @@ def test_help_shows_every_default(monkeypatch, capsys):
         "--seed": d.seed,
         "--device": d.device,
         "--runs-dir": d.runs_dir,
-        "--name": "",
+        "--name": "from the model, e.g. mlp512-sigmoid-custom",
         "--check-grads-every": d.check_grads_every,
         "--histogram-every": d.histogram_every,
         "--progress": "only when stderr is a terminal",
@@ -450,6 +450,8 @@ def test_help_shows_every_default(monkeypatch, capsys):
     }
     for flag, default in expected.items():
         assert f"(default: {default})" in entries[flag], entries[flag]
+    for flag, entry in entries.items():
+        assert entry.count("(default:") <= 1, f"{flag} states its default twice: {entry}"
     assert d.backend == "custom" and d.model == "mlp" and d.activation == "sigmoid", "the lecture's defaults"
     assert "--resume" in entries
 

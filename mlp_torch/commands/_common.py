@@ -16,11 +16,12 @@ BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show every default in --help and keep the descriptions' line breaks.
 
-    A default of ``None`` ("not given") is left out: the help text says what happens then.
+    A default of ``None`` or ``""`` ("not given") is left out, and so is one the help text already
+    states: the help says what happens then.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or action.default == "" or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
