@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,7 @@ def train_cases(cases: dict[str, tuple[TrainConfig, str | Path | None]], out: Pa
 def test_two_processes_train_as_one_for_every_gradient_path(tmp_path):
     folder = imbalanced_folder(tmp_path / "images")
     weighted = dict(dataset="folder", data_root=folder, val_fraction=0.2, balance="weights")
+    xor = dict(dataset="xor", samples=60, val_fraction=0.1)  # the image options do not apply
     begun_alone = config(tmp_path / "manual-resumed-by-2", "manual", 11)
     assert train(begun_alone, stop_after_epochs=1)["status"] == "interrupted"  # 1 process, then 2
     cases: dict[str, tuple[TrainConfig, str | Path | None]] = {  # batch sizes that cut 54 images unequally
@@ -221,6 +223,11 @@ def test_two_processes_train_as_one_for_every_gradient_path(tmp_path):
         # stopped after its first epoch and resumed, by the same two processes
         "custom-resumed": (config(tmp_path / "custom-resumed", "custom", 13), "stop"),
         "manual-resumed-by-2": (begun_alone, only_run(begun_alone.runs_dir)),
+        # 2-D points and one sigmoid output unit, σ(p) and binary cross-entropy: 54 training points
+        "custom-sigmoid-xor": (
+            replace(config(tmp_path / "custom-sigmoid-xor", "custom", 13, **xor), output="sigmoid"),
+            None,
+        ),
     }
     assert finish(launch(tmp_path, train_cases, cases, tmp_path)) == [0, 0], (tmp_path / "rank0.err").read_text()
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -236,7 +243,7 @@ def test_two_processes_train_as_one_for_every_gradient_path(tmp_path):
         for rank in ranks:
             assert all(torch.equal(rank[name]["params"][k], got[k]) for k in got), name
         rows = [ranks[0][name]["rows"], ranks[1][name]["rows"]]
-        n = 54 if cfg.data.dataset == "synthetic" else 17
+        n = 17 if cfg.data.dataset == "folder" else 54
         batches = [min(cfg.batch_size, n - i) for i in range(0, n, cfg.batch_size)]
         epochs = 1 if name == "manual-resumed-by-2" else 2  # its first epoch was one process's
         assert [a + b for a, b in zip(*rows)] == batches * epochs, name

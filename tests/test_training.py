@@ -426,11 +426,12 @@ def test_help_shows_every_default(monkeypatch, capsys):
         "--model": d.model,
         "--hidden": d.hidden,
         "--activation": d.activation,
+        "--output": d.output,
         "--backend": d.backend,
         "--epochs": d.epochs,
         "--batch-size": d.batch_size,
         "--optimizer": d.optimizer,
-        "--lr": "mlp 0.05, linear models 0.001",
+        "--lr": "mlp 0.05, linear models 0.001 on 32x32 images, 0.05 on 2-D points",
         "--momentum": d.momentum,
         "--nesterov": d.nesterov,
         "--weight-decay": d.weight_decay,
@@ -444,6 +445,7 @@ def test_help_shows_every_default(monkeypatch, capsys):
         "--name": "from the model, e.g. mlp512-sigmoid-custom",
         "--check-grads-every": d.check_grads_every,
         "--histogram-every": d.histogram_every,
+        "--boundary-every": "a tenth of --epochs, so ten frames; 0 = only at the end",
         "--progress": "only when stderr is a terminal",
         "--dataset": "cifar",
         "--balance": "none",
@@ -472,7 +474,8 @@ def test_console_script_trains_in_a_subprocess(tmp_path):
     run_dir = only_run_dir(runs)
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 1
     assert "tensorboard --logdir" in done.stdout
-    assert not (tmp_path / "cache").exists(), "--no-cache writes nothing"
+    # (matplotlib, which draws the run's figures, keeps its font cache in $XDG_CACHE_HOME/matplotlib)
+    assert not (tmp_path / "cache" / "mlp_torch").exists(), "--no-cache writes nothing"
 
 
 def test_trains_on_each_device(tmp_path, device):
@@ -488,8 +491,11 @@ def test_trains_on_each_device(tmp_path, device):
     assert next(loaded.model.parameters()).device.type == device.type
 
 
-def test_default_learning_rate_depends_on_the_model():
-    """A linear model on 3072 inputs diverges at the MLP's rate; an explicit --lr always wins."""
+def test_default_learning_rate_depends_on_the_model_and_its_inputs():
+    """A linear model on 3072 inputs diverges at the MLP's rate; an explicit --lr always wins.
+
+    A linear model's default keeps η·D at 0.001·3072 for D inputs, up to the MLP's rate.
+    """
     assert TrainConfig().lr == 0.05
     assert TrainConfig(model="softmax").lr == 0.001
     assert TrainConfig(model="perceptron").lr == 0.001
@@ -497,6 +503,11 @@ def test_default_learning_rate_depends_on_the_model():
     assert TrainConfig(model="softmax", lr=0.3).lr == 0.3
     saved = TrainConfig(model="softmax").to_dict()
     assert saved["lr"] == 0.001 and TrainConfig.from_dict(saved).lr == 0.001
+    assert TrainConfig(model="softmax", data=DataOptions(dataset="synthetic", image_size=16)).lr == 0.004
+    assert TrainConfig(model="softmax", data=DataOptions(dataset="synthetic", image_size=4)).lr == 0.05  # capped
+    for kind in ("softmax", "perceptron"):
+        assert TrainConfig(model=kind, data=DataOptions(dataset="spiral")).lr == 0.05
+    assert TrainConfig(hidden=[8], data=DataOptions(dataset="xor")).lr == 0.05
 
 
 # ---------------------------------------------------------------- without a validation split (item 4)

@@ -6,6 +6,7 @@ Commands import these from here, never from :mod:`mlp_torch.cli` (which imports 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -34,6 +35,9 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
+        # argparse takes "-0.5,1.2" for an unknown option: then a value was missing, or was left over
+        if re.search(r"arguments are required: .*X,Y|unrecognized arguments: (.* )?-\.?\d", message):
+            message += "; a value that begins with '-', such as the point -0.5,1.2, goes after --"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -232,6 +232,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world
         activation=config.activation,
         backend=config.backend,
         seed=config.seed,
+        output=config.output,
     ).to(device=device, dtype=dtype)
     train = data.train.to(device)
     loss_weights, sample_weights = balance_weights(config.data, data.train.y, data.num_classes)
