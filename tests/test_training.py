@@ -90,7 +90,7 @@ def api_run(tmp_path_factory):
 
 def test_api_run_writes_the_run_directory(api_run):
     config, metrics, run_dir = api_run
-    assert run_dir.parent == config.runs_dir and run_dir.name.endswith("_api")
+    assert run_dir.parent == config.runs_dir and run_dir.name.startswith("api_")
     assert (run_dir / "config.json").is_file() and (run_dir / "metrics.json").is_file()
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
@@ -186,7 +186,7 @@ def test_runs_with_the_same_name_never_share_a_directory(tmp_path):
     first, second = Path(train(config)["run_dir"]), Path(train(config)["run_dir"])
     assert first != second
     assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
-    assert len([p for p in runs.iterdir() if p.name.split("_", 1)[1].startswith("same")]) == 5
+    assert len([p for p in runs.iterdir() if p.name.startswith("same_")]) == 5
 
 
 # ---------------------------------------------------------------- every model and backend
@@ -393,7 +393,7 @@ def test_cli_train_prints_epochs_table_and_tensorboard_command(tmp_path, capsys)
 
     assert main(cli_args(runs, "--name", "twice", "--model", "softmax", "--epochs", "1")) == 0
     dirs = sorted(p for p in runs.iterdir())
-    assert len(dirs) == 2 and all(p.name.split("_", 1)[1].startswith("twice") for p in dirs)
+    assert len(dirs) == 2 and all(p.name.startswith("twice_") for p in dirs)
     assert json.loads((run_dir / "config.json").read_text())["config"]["epochs"] == 2, "first run untouched"
 
 
@@ -442,10 +442,11 @@ def test_help_shows_every_default(monkeypatch, capsys):
         "--seed": d.seed,
         "--device": d.device,
         "--runs-dir": d.runs_dir,
-        "--name": "from the model, e.g. mlp512-sigmoid-custom",
+        "--name": "e.g. mlp512-sigmoid-custom-lr0.05-seed0",
         "--check-grads-every": d.check_grads_every,
         "--histogram-every": d.histogram_every,
         "--boundary-every": "a tenth of --epochs, so ten frames; 0 = only at the end",
+        "--log-every": d.log_every,
         "--progress": "only when stderr is a terminal",
         "--dataset": "cifar",
         "--balance": "none",

@@ -68,7 +68,7 @@ def xor_run(tmp_path_factory):
 def test_eight_tanh_units_and_a_sigmoid_output_solve_xor_and_draw_their_boundary(xor_run):
     metrics, run_dir = xor_run
     assert metrics["status"] == "completed" and metrics["test_accuracy"] >= 0.95
-    assert run_dir.name.endswith("_mlp8-tanh-sigmoidout-custom")
+    assert run_dir.name.startswith("mlp8-tanh-sigmoidout-custom-lr0.05-seed0_")
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert config["output"] == "sigmoid" and config["lr"] == 0.05 and config["boundary_every"] is None
     assert png_size(run_dir / "decision_boundary.png") == (720, 560)
@@ -115,7 +115,7 @@ def test_a_sigmoid_output_needs_two_classes_and_a_softmax_or_mlp_model(tmp_path,
     assert main(["train", "--dataset", "xor", "--model", "perceptron", "--output", "sigmoid"]) == 2
     assert "the perceptron's output is its step" in capsys.readouterr().err
     assert not runs.exists(), "nothing is created for a run that cannot start"
-    assert TrainConfig(model="softmax", output="sigmoid").run_name == "logistic-custom"
+    assert TrainConfig(model="softmax", output="sigmoid").run_name == "logistic-custom-lr0.001-seed0"
 
 
 # ---------------------------------------------------------------- the decision-boundary frames, through a run
@@ -354,7 +354,7 @@ def test_a_sigmoid_output_on_images_predicts_both_classes(tmp_path, capsys):
     data = ["--dataset", "synthetic", "--classes", "cat,dog", "--image-size", "4", "--no-cache"]
     data += ["--synthetic-train-per-class", "20", "--synthetic-test-per-class", "5"]
     metrics, run_dir = train_cli(tmp_path / "runs", *data, "--output", "sigmoid", "--hidden", "4", "--epochs", "1")
-    assert metrics["status"] == "completed" and run_dir.name.endswith("_mlp4-sigmoid-sigmoidout-custom")
+    assert metrics["status"] == "completed" and run_dir.name.startswith("mlp4-sigmoid-sigmoidout-custom-lr0.05-seed0_")
     assert not (run_dir / "decision_boundary.png").exists()
     image = tmp_path / "red.png"
     Image.new("RGB", (9, 5), (200, 30, 30)).save(image)

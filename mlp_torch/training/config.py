@@ -111,14 +111,26 @@ class TrainConfig:
         "data or saving) before it stops with an error; a process that dies is noticed at once",
     )
     runs_dir: Path = option(Path("runs"), help="where run directories are created")
-    name: str = option("", help="run name (default: from the model, e.g. mlp512-sigmoid-custom)")
+    name: str = option(
+        "", help="run name, the start of the run's folder name (default: e.g. mlp512-sigmoid-custom-lr0.05-seed0)"
+    )
     check_grads_every: int = option(
         0,
         metavar="N",
-        help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)",
+        help="every N steps compare the custom/manual gradients with builtin, layer by layer, and print and log "
+        "the verdict (0 = off)",
     )
     histogram_every: int = option(
-        1, metavar="N", help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)"
+        1,
+        metavar="N",
+        help="every N epochs, and at the last, log histograms and the figures: learned templates, the validation "
+        "confusion matrix, gradient norms by layer; at the end the test confusion matrix (0 = off)",
+    )
+    log_every: int = option(
+        5,
+        metavar="N",
+        help="every N steps log the training loss, accuracy, learning rate and gradient norms, each the mean "
+        "over those N steps (0 = off)",
     )
     boundary_every: int | None = option(
         None,
@@ -173,8 +185,8 @@ class TrainConfig:
             raise UsageError(f"--gamma must be in (0, 1], got {self.gamma}")
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
             raise UsageError(f"--warmup-epochs must be a finite number ≥ 0, got {self.warmup_epochs}")
-        if self.check_grads_every < 0 or self.histogram_every < 0:
-            raise UsageError("--check-grads-every and --histogram-every must be ≥ 0 (0 turns them off)")
+        if min(self.check_grads_every, self.histogram_every, self.log_every) < 0:
+            raise UsageError("--check-grads-every, --histogram-every and --log-every must be ≥ 0 (0 turns them off)")
         if self.boundary_every is not None and self.boundary_every < 0:
             raise UsageError(f"--boundary-every must be ≥ 0 (0: only the final picture), got {self.boundary_every}")
         check_seed(self.seed)
@@ -188,22 +200,25 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """``--name``, or a description of the model such as ``mlp512-sigmoid-custom``.
+        """``--name``, or what tells runs apart, e.g. ``mlp512x256-sigmoid-custom-lr0.05-seed0``.
 
-        A sigmoid output shows as ``-sigmoidout`` (``mlp8-tanh-sigmoidout-custom``), and the linear
-        softmax model with one is logistic regression (``logistic-custom``).
+        A sigmoid output shows as ``-sigmoidout`` (``mlp8-tanh-sigmoidout-custom-lr0.05-seed0``), and
+        the linear softmax model with one is logistic regression (``logistic-custom-…``).
         """
         if self.name:
             return self.name
         out = "-sigmoidout" if self.output == "sigmoid" else ""
-        if self.model == "mlp":
-            name = f"mlp{'x'.join(map(str, self.hidden)) or '0'}-{self.activation}{out}-{self.backend}"
-            if len(name) > MAX_NAME_BYTES:  # a very deep net: its depth, not every width
-                name = f"mlp{len(self.hidden)}layers-{self.activation}{out}-{self.backend}"
-            return name
+        tail = f"{self.backend}-lr{self.lr:g}-seed{self.seed}"
         if self.model == "softmax" and self.output == "sigmoid":
-            return f"logistic-{self.backend}"
-        return f"{self.model}-{self.backend}"
+            return f"logistic-{tail}"
+        if self.model != "mlp":
+            return f"{self.model}-{tail}"
+        if not self.hidden:
+            return f"mlp0{out}-{tail}"  # the linear softmax classifier: no activation
+        name = f"mlp{'x'.join(map(str, self.hidden))}-{self.activation}{out}-{tail}"
+        if len(name) > MAX_NAME_BYTES:  # a very deep net: its depth, not every width
+            name = f"mlp{len(self.hidden)}layers-{self.activation}{out}-{tail}"
+        return name
 
     def with_absolute_paths(self) -> TrainConfig:
         """This config with ``runs_dir``, ``data.data_root`` and ``data.cache_dir`` absolute.
