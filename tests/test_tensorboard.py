@@ -52,7 +52,7 @@ def tiny_config(runs_dir: Path, **overrides: Any) -> TrainConfig:
     values: dict[str, Any] = dict(
         hidden=[16, 8], epochs=EPOCHS, batch_size=8, lr=0.05, device="cpu", runs_dir=runs_dir, progress=False
     )
-    values.update(data=data, log_every=LOG_EVERY)
+    values.update(data=data, log_every=LOG_EVERY, histogram_every=1)  # figures every epoch: each is checked
     values.update(overrides)
     return TrainConfig(**values)
 

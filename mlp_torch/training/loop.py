@@ -32,7 +32,7 @@ from torch import Tensor
 from ..errors import DivergenceError
 from .distributed import evaluate_sharded
 from .interrupt import SIGNALS
-from .state import EpochProgress, StepStats, TrainState, layer_grad_sq
+from .state import EpochProgress, StepStats, TrainState, finite_grad_sq, layers_grad_sq
 
 
 class Callback:
@@ -198,13 +198,16 @@ def all_reduce_step(state: TrainState, loss: Tensor, logits: Tensor, y: Tensor) 
         ]
     )
     total, sums = world.all_reduce_gradients(model.parameters(), weight, local)
-    values = torch.cat([total.double().reshape(1), sums.double(), torch.stack(layer_grad_sq(model))]).tolist()
+    grad_sq = torch.stack(layers_grad_sq(model, loss.device))  # of the whole batch's gradient, the same everywhere
+    values = torch.cat([total.double().reshape(1), sums.double(), grad_sq]).tolist()
     total_weight, loss_sum, correct, samples, stop, *rest = values  # the one sync
     asked, layer_sq = rest[: len(SIGNALS)], rest[len(SIGNALS) :]
     state.should_stop = stop > 0
     if state.signal is None:
         state.signal = next((signal.Signals(s).name for s, n in zip(SIGNALS, asked) if n > 0), None)
-    return StepStats(loss_sum / total_weight, round(correct), round(samples), layer_sq)
+    return StepStats(
+        loss_sum / total_weight, round(correct), round(samples), finite_grad_sq(model, layer_sq, loss.device)
+    )
 
 
 def check_finite(state: TrainState, stats: StepStats) -> None:

@@ -36,21 +36,40 @@ class StepStats:
 
     @classmethod
     def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
-        values = torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), *layer_grad_sq(model)])
-        loss_value, correct, *layer_sq = values.tolist()  # the one sync
-        return cls(loss_value, int(correct), len(y), layer_sq)
-
-
-def layer_grad_sq(model: Classifier) -> list[Tensor]:
-    """``‖∂ℓ/∂θ‖²`` of each layer's parameters, float64 0-dim tensors on the model's device (no sync)."""
-    device = next(model.parameters()).device
-    return [
-        torch.as_tensor(
-            sum(p.grad.double().square().sum() for p in layer.parameters() if p.grad is not None),
-            dtype=torch.float64,
-            device=device,
+        values = torch.stack(
+            [loss.double(), (logits.argmax(1) == y).sum().double(), *layers_grad_sq(model, loss.device)]
         )
-        for layer in model.layers
+        loss_value, correct, *layer_sq = values.tolist()  # the one sync
+        return cls(loss_value, int(correct), len(y), finite_grad_sq(model, layer_sq, loss.device))
+
+
+def layer_grad_sq(layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``‖∂ℓ/∂θ‖²`` over a layer's parameters (float64), the norms accumulated in ``dtype`` (or the
+    gradients' own, if wider: ``--dtype float64``)."""
+    norms = [
+        torch.linalg.vector_norm(p.grad, dtype=torch.promote_types(p.grad.dtype, dtype))
+        for p in layer.parameters()
+        if p.grad is not None
+    ]
+    if not norms:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack(norms).double().square().sum()
+
+
+def layers_grad_sq(model: Classifier, device: torch.device) -> list[Tensor]:
+    """Each layer's ``‖∂ℓ/∂θ‖²`` (:func:`layer_grad_sq` in float32), 0-dim tensors on ``device``: no sync."""
+    return [layer_grad_sq(layer, torch.float32, device) for layer in model.layers]
+
+
+def finite_grad_sq(model: Classifier, layer_sq: list[float], device: torch.device) -> list[float]:
+    """``layer_sq`` as read, except where a norm came out inf: that layer measured again in float64.
+
+    g² overflows float32 beyond |g| ≈ 1.8e19; measuring again (a second sync, only then) makes
+    only a gradient that truly is inf or NaN read as one.
+    """
+    return [
+        sq if math.isfinite(sq) else layer_grad_sq(layer, torch.float64, device).item()
+        for sq, layer in zip(layer_sq, model.layers)
     ]
 
 
