@@ -223,6 +223,8 @@ def test_two_processes_train_as_one_for_every_gradient_path(tmp_path):
         # stopped after its first epoch and resumed, by the same two processes
         "custom-resumed": (config(tmp_path / "custom-resumed", "custom", 13), "stop"),
         "manual-resumed-by-2": (begun_alone, only_run(begun_alone.runs_dir)),
+        # ZCA-whitened images: whitened once, then flipped and cropped
+        "builtin-whitened": (config(tmp_path / "builtin-whitened", "builtin", 13, whiten="zca"), None),
         # 2-D points and one sigmoid output unit, σ(p) and binary cross-entropy: 54 training points
         "custom-sigmoid-xor": (
             replace(config(tmp_path / "custom-sigmoid-xor", "custom", 13, **xor), output="sigmoid"),

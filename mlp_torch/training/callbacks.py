@@ -238,8 +238,11 @@ class TensorBoardLog(Callback):
         from .run_figures import confusion_figure, gradient_norms_figure, templates_image  # matplotlib: slow to import
 
         model, val, step, epoch = state.model, state.val_result, state.global_step, state.epoch
-        images = state.batches.x if val is None else state.val.x  # the training split without validation
-        probe = state.standardizer(images[:256]).to(next(model.parameters()).dtype)
+        if val is None:  # the training split, preprocessed as its batches are (whitened already with --whiten)
+            probe = state.batches.standardizer(state.batches.x[:256])
+        else:
+            probe = state.standardizer(state.val.x[:256])
+        probe = probe.to(next(model.parameters()).dtype)
         self.log.histograms(model, model.hidden_activations(probe), step)
         assert self.initial_weight is not None
         data = state.data

@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..data import Standardizer
+from ..data import Preprocessor
 from ..errors import LostContactError, MlpTorchError, UsageError
 from ..models import Classifier
 from ..utils import select_device
@@ -201,7 +201,7 @@ def attempt(work: Callable[[], T]) -> tuple[T | None, MlpTorchError | None]:
         return None, err
 
 
-def evaluate_sharded(world: World, model: Classifier, x: Tensor, y: Tensor, standardizer: Standardizer) -> EvalResult:
+def evaluate_sharded(world: World, model: Classifier, x: Tensor, y: Tensor, standardizer: Preprocessor) -> EvalResult:
     """:func:`~mlp_torch.training.evaluate` of the whole split: each process its rows, the sums reduced.
 
     The loss sum and the confusion matrix add up over the shards, so every process gets the same

@@ -32,7 +32,7 @@ from matplotlib.lines import Line2D
 from torch import Tensor
 
 from .. import functional as MF
-from ..data import Standardizer
+from ..data import Preprocessor
 from ..models import Classifier
 
 __all__ = [
@@ -199,7 +199,7 @@ def predict_grid(
     xlim: tuple[float, float],
     ylim: tuple[float, float],
     grid: int = GRID,
-    standardizer: Standardizer | None = None,
+    standardizer: Preprocessor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The model's predictions on a ``grid`` x ``grid`` lattice over ``xlim`` x ``ylim``.
 
@@ -225,7 +225,7 @@ def predict_grid(
     return xs, ys, classes, probability
 
 
-def _logits(model: Classifier, points: Tensor, standardizer: Standardizer | None) -> Tensor:
+def _logits(model: Classifier, points: Tensor, standardizer: Preprocessor | None) -> Tensor:
     """``model(points)`` in chunks, without autograd, on the model's device and dtype; CPU result."""
     parameter = next(model.parameters())
     out = []
@@ -241,7 +241,7 @@ def decision_boundary_figure(
     x_train: Tensor,
     y_train: Tensor,
     class_names: Sequence[str],
-    standardizer: Standardizer | None = None,
+    standardizer: Preprocessor | None = None,
     grid: int = GRID,
     title: str | None = None,
 ) -> Figure:
@@ -276,7 +276,7 @@ def decision_boundary_strip(
     x_train: Tensor,
     y_train: Tensor,
     class_names: Sequence[str],
-    standardizer: Standardizer | None = None,
+    standardizer: Preprocessor | None = None,
     grid: int = GRID,
 ) -> Figure:
     """Several models' decision boundaries side by side, e.g. one run's at a few epochs, with one legend.
@@ -311,7 +311,7 @@ def draw_decision_boundary(
     x_train: Tensor,
     y_train: Tensor,
     class_names: Sequence[str],
-    standardizer: Standardizer | None = None,
+    standardizer: Preprocessor | None = None,
     grid: int = GRID,
 ) -> tuple[list[Line2D], float]:
     """Draw the predicted class regions, the points and (sigmoid output) the ŷ contours on ``ax``.

@@ -43,7 +43,16 @@ from typing import Any
 
 import torch
 
-from ..data import DataBundle, DeviceBatches, Standardizer, balance_weights, describe_data_change, load_data
+from ..data import (
+    DataBundle,
+    DeviceBatches,
+    Standardizer,
+    Whitener,
+    balance_weights,
+    describe_data_change,
+    fit_preprocessor,
+    load_data,
+)
 from ..errors import DataError, WriteError
 from ..models import build_model
 from ..utils import DTYPES, set_seed
@@ -223,7 +232,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world
     """
     world = world or World()
     dtype = DTYPES[config.dtype]
-    standardizer = Standardizer.fit(data.train.x)
+    preprocess = fit_preprocessor(data.train.x, config.data.whiten, config.data.zca_eps)
     model = build_model(
         kind=config.model,
         in_features=data.in_features,
@@ -238,11 +247,12 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world
     loss_weights, sample_weights = balance_weights(config.data, data.train.y, data.num_classes)
     flip, crop = config.data.augment_flip, config.data.augment_crop
     assert flip is not None and crop is not None, "DataOptions resolves the dataset's augmentation"
+    images, batch_preprocess = training_inputs(preprocess.to(device), train.x)
     batches = DeviceBatches(
-        train.x,
+        images,
         train.y,
         config.batch_size,
-        standardizer,
+        batch_preprocess,
         shuffle=True,
         generator=torch.Generator(device=device).manual_seed(config.seed),
         augment_flip=flip,
@@ -256,7 +266,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world
         config=config,
         device=device,
         data=data,
-        standardizer=standardizer,
+        standardizer=preprocess,
         model=model,
         optimizer=optimizer,
         scheduler=build_scheduler(config, optimizer, steps_per_epoch=len(batches)),
@@ -267,6 +277,18 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world
     )
     state.lr = optimizer.param_groups[0]["lr"]
     return state
+
+
+def training_inputs(preprocess: Standardizer | Whitener, x: torch.Tensor) -> tuple[torch.Tensor, Standardizer]:
+    """The training images the batches are cut from, and what each batch still needs after augmentation.
+
+    Standardised per batch, after the flips and crops of the uint8 images; whitened once, here,
+    and then flipped and cropped as whitened images (a crop's zero padding is the mean image), since
+    the 3,072 × 3,072 map would cost as much per batch as the network's first layer.
+    """
+    if isinstance(preprocess, Whitener):
+        return preprocess.images(x), Standardizer.identity(preprocess.in_features).to(x.device)
+    return x, preprocess
 
 
 def write_run_config(state: TrainState) -> None:
