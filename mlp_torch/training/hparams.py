@@ -58,6 +58,7 @@ TRAIN_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
     "activation": _has_hidden,
     "output": _always,
     "backend": _always,
+    "dtype": _always,  # float64 trains other numbers than float32
     "epochs": _always,
     "batch_size": _always,
     "optimizer": _always,
@@ -92,6 +93,7 @@ DATA_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
 NOT_HPARAMS = frozenset(
     {
         "device",
+        "dist_timeout",
         "runs_dir",
         "name",
         "check_grads_every",
