@@ -19,11 +19,12 @@ import torch
 
 from mlp_torch.cli import main
 from mlp_torch.data import DataOptions
-from mlp_torch.errors import DivergenceError
+from mlp_torch.errors import DivergenceError, UsageError
 from mlp_torch.models import BACKENDS, Classifier, build_model
 from mlp_torch.training import Callback, TrainConfig, TrainState, cuda_graph, start_run, train, trainer
 from mlp_torch.training.checkpoint import load_checkpoint
 from mlp_torch.training.cuda_graph import GraphedGradients, GraphedStep, Step, eager_gradients, gradient_step
+from mlp_torch.training.distributed import World
 from mlp_torch.training.state import StepStats
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
@@ -100,6 +101,13 @@ def test_cuda_graphs_on_the_cpu_is_refused_with_one_line(tmp_path, capsys) -> No
 
 def test_cuda_graphs_is_off_unless_asked() -> None:
     assert TrainConfig().cuda_graphs is None  # off until scripts/gpu_check.sh has passed on a GPU
+
+
+def test_cuda_graphs_under_torchrun_is_refused() -> None:
+    config = TrainConfig(cuda_graphs=True)
+    with pytest.raises(UsageError, match="--cuda-graphs trains in one process, not 2 under torchrun"):
+        trainer.check_cuda_graphs(config, torch.device("cuda"), World(rank=1, size=2))
+    trainer.check_cuda_graphs(config, torch.device("cuda"), World())  # one process on CUDA: allowed
 
 
 def test_resume_takes_cuda_graphs_from_the_command_line(tmp_path, capsys) -> None:
@@ -210,7 +218,7 @@ class FakeCuda:
         monkeypatch.setattr(cuda_graph, "_on_cuda", lambda t: True)
         real_gradient_step = cuda_graph.gradient_step
         monkeypatch.setattr(cuda_graph, "gradient_step", lambda *a, **k: self.wrap(real_gradient_step(*a, **k)))
-        monkeypatch.setattr(trainer, "check_cuda_graphs", lambda config, device: None)  # the CPU is the "GPU"
+        monkeypatch.setattr(trainer, "check_cuda_graphs", lambda *args: None)  # the CPU is the "GPU"
 
 
 def sgd_after(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:

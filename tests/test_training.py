@@ -589,3 +589,15 @@ def test_a_run_made_with_relative_paths_is_evaluated_from_another_folder(tmp_pat
     assert saved["runs_dir"] == str(work / "runs") and saved["data"]["data_root"] == str(work / "data")
     monkeypatch.chdir(tmp_path)
     assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
+
+
+def test_float64_trains_saves_evaluates_and_predicts_in_float64(tmp_path):
+    metrics = train(tiny_config(tmp_path, epochs=1, dtype="float64", histogram_every=0, check_grads_every=2))
+    run_dir = Path(metrics["run_dir"])
+    saved = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model_state"]
+    assert all(t.dtype == torch.float64 for t in saved.values())  # float32 inputs would not even multiply
+    loaded = load_model(run_dir, torch.device("cpu"))
+    assert next(loaded.model.parameters()).dtype == torch.float64
+    test = load_data(tiny_data(seed=0)).test
+    result = evaluate(loaded.model, test.x, test.y, loaded.standardizer)
+    assert result.accuracy == metrics["test_accuracy"] and result.loss == metrics["test_loss"]

@@ -58,6 +58,7 @@ TRAIN_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
     "activation": _has_hidden,
     "output": _always,
     "backend": _always,
+    "dtype": _always,  # float64 trains other numbers than float32
     "epochs": _always,
     "batch_size": _always,
     "optimizer": _always,
@@ -94,6 +95,7 @@ NOT_HPARAMS = frozenset(
     {
         "device",
         "cuda_graphs",
+        "dist_timeout",
         "runs_dir",
         "name",
         "check_grads_every",

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .rundir import RunLock, remove_leftover_temp_files, write_json
 
 # Stay as config.json has them when a run is resumed with other values: they belong to one session.
-SESSION_KEYS = ("device", "cuda_graphs", "progress")
+SESSION_KEYS = ("device", "cuda_graphs", "progress", "dist_timeout")
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
