@@ -311,29 +311,7 @@ def test_resume_in_the_middle_of_an_epoch_is_bitwise_exact(tmp_path):
 
 def test_cli_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     runs = tmp_path / "runs"
-    args = [
-        "train",
-        "--dataset",
-        "synthetic",
-        "--image-size",
-        "8",
-        "--no-cache",
-        "--hidden",
-        "8",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "256",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--histogram-every",
-        "0",
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "cli-resume",
-    ]
+    args = cli_args(runs, "--histogram-every", "0", "--name", "cli-resume")
     with monkeypatch.context() as patch:
         signal_during_step(patch, 13)  # 2,700 training images in batches of 256: 11 steps per epoch
         assert main(args) == 130
