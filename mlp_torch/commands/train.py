@@ -24,7 +24,7 @@ from ._flags import (
 )
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
-RESUMABLE = ("epochs", "device", "progress", "dist_timeout")
+RESUMABLE = ("epochs", "device", "cuda_graphs", "progress", "dist_timeout")
 # Where the data are and come from: never taken from config.json on --resume (a resume never downloads).
 DATA_LOCATIONS = ("data_root", "cache_dir", "cache", *LOCATION_KEYS)
 

@@ -98,6 +98,12 @@ class TrainConfig:
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; under torchrun each process takes "
         "cuda:LOCAL_RANK (auto or cuda) or the cpu",
     )
+    cuda_graphs: bool | None = option(
+        None,
+        help="CUDA, one process: replay each full batch's forward and backward from one CUDA graph; the optimizer "
+        "still steps eagerly, after the divergence check (default: off; it becomes the default on CUDA once "
+        "scripts/gpu_check.sh has passed on a GPU, which it has not yet)",
+    )
     dtype: str = option(
         "float32",
         choices=tuple(DTYPES),

@@ -89,10 +89,12 @@ DATA_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
     "noise": _planar,
     "arms": lambda c: c.data.dataset == "spiral",
 }
-# where files go, what is logged and shown, how the data are fetched: none changes what is trained
+# where the run goes and runs, what is logged and shown, how the data are fetched and the steps
+# launched: none changes what is trained
 NOT_HPARAMS = frozenset(
     {
         "device",
+        "cuda_graphs",
         "dist_timeout",
         "runs_dir",
         "name",

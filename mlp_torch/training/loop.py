@@ -1,8 +1,10 @@
 """The training loop, as pytorch/examples' mnist ``train()`` reads, with callbacks around it.
 
 For each batch: zero the gradients, compute them with the model's backend, check that they are
-finite, step the optimizer and the schedule. Around that, callbacks (:class:`Callback`) do
-everything else, each on the events it needs, in the order of their list:
+finite, step the optimizer and the schedule. With ``--cuda-graphs`` the first two are replayed
+from a CUDA graph for every full batch (:mod:`mlp_torch.training.cuda_graph`, one process only);
+the rest is the same. Around that, callbacks (:class:`Callback`) do everything else, each on the events it needs,
+in the order of their list:
 
     on_train_start
         on_epoch_start
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from ..errors import DivergenceError
+from .cuda_graph import GraphedGradients, eager_gradients
 from .distributed import evaluate_sharded
 from .interrupt import SIGNALS
 from .state import EpochProgress, StepStats, TrainState, finite_grad_sq, layers_grad_sq
@@ -104,6 +107,26 @@ def start_epoch(state: TrainState) -> None:
         state.progress = EpochProgress(state.batches.epoch_order(), grad_norm_sums=[0.0] * len(state.model.layers))
 
 
+def choose_gradient_step(state: TrainState) -> Callable[[Tensor, Tensor], StepStats]:
+    """``state.gradient_step``, chosen once: ``(x, y) ->`` the step's numbers, after ``zero_grad`` and the gradients.
+
+    One process: the backend's gradients, eagerly or (``--cuda-graphs``) replayed from a CUDA graph
+    for every full batch; several: this process's rows' gradients, then :func:`all_reduce_step`.
+    """
+    model, class_weight = state.model, state.class_weight
+    if state.world.size > 1:
+
+        def all_reduced(x: Tensor, y: Tensor) -> StepStats:
+            model.zero_grad(set_to_none=True)
+            loss, logits = model.compute_gradients(x, y, class_weight=class_weight)
+            return all_reduce_step(state, loss, logits, y)  # the whole batch's gradient; the one sync
+
+        return all_reduced
+    if state.config.cuda_graphs:
+        return GraphedGradients(model, class_weight, state.config.batch_size)
+    return eager_gradients(model, class_weight)
+
+
 def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
     """Train the rest of the current epoch; ``False`` if a callback stopped it part-way.
 
@@ -111,18 +134,13 @@ def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
         DivergenceError: a non-finite loss or gradient, or an update beyond float32, before the
             optimizer steps (the parameters stay as the last step left them).
     """
-    progress, model, optimizer = state.progress, state.model, state.optimizer
+    progress, optimizer = state.progress, state.optimizer
     assert progress is not None, "start_epoch first"
     while progress.step < len(state.batches):
         x, y = state.batches.batch(progress.order, progress.step)  # this process's rows of it
         state.batch = (x, y)
         callbacks.on_step_start(state)
-        optimizer.zero_grad(set_to_none=True)
-        loss, logits = model.compute_gradients(x, y, class_weight=state.class_weight)
-        if state.world.size == 1:
-            stats = StepStats.measure(model, loss, logits, y)  # the one sync per step
-        else:
-            stats = all_reduce_step(state, loss, logits, y)  # the whole batch's gradient; the one sync
+        stats = state.gradient_step(x, y)  # zero_grad, the backend's gradients, their numbers: the one sync
         check_finite(state, stats)
         state.lr = optimizer.param_groups[0]["lr"]
         step_optimizer(state)

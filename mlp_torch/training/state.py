@@ -8,6 +8,7 @@ the random generators, the position inside the epoch) goes into ``last.pt`` thro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from .schedule import restore_scheduler
 
 @dataclass
 class StepStats:
-    """What one step measured, read from the device in one synchronisation (several processes: the whole batch)."""
+    """What one step measured: :meth:`gather`-ed on the device, then :meth:`read` in one synchronisation
+    (several processes: the whole batch's, see ``loop.all_reduce_step``)."""
 
     loss: float
     correct: int
@@ -36,11 +38,22 @@ class StepStats:
 
     @classmethod
     def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
-        values = torch.stack(
-            [loss.double(), (logits.argmax(1) == y).sum().double(), *layers_grad_sq(model, loss.device)]
-        )
+        """:meth:`gather`, then :meth:`read`: the numbers of a step just taken."""
+        return cls.read(cls.gather(model, loss, logits, y), model, len(y))
+
+    @staticmethod
+    def gather(model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+        """The step's numbers in one float64 tensor on the device, without a sync (a CUDA graph can record it)."""
+        return torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), *layers_grad_sq(model, loss.device)])
+
+    @classmethod
+    def read(cls, values: Tensor, model: Classifier, samples: int) -> StepStats:
+        """The numbers :meth:`gather` put on the device, for a batch of ``samples``.
+
+        ``model``'s ``.grad`` must still be the step's: a norm that overflowed float32 is measured again.
+        """
         loss_value, correct, *layer_sq = values.tolist()  # the one sync
-        return cls(loss_value, int(correct), len(y), finite_grad_sq(model, layer_sq, loss.device))
+        return cls(loss_value, int(correct), samples, finite_grad_sq(model, layer_sq, values.device))
 
 
 def layer_grad_sq(layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -127,6 +140,9 @@ class TrainState:
     val: Split  # the validation split on the device (empty without one)
     class_weight: Tensor | None  # --balance weights
     world: World = field(default_factory=World)  # the processes training the run together (torchrun); one by default
+    # (x, y) -> StepStats: zero_grad, the backend's gradients and the step's numbers (the one sync), up to the
+    # optimizer; chosen once (loop.choose_gradient_step): eager, replayed from a CUDA graph, or all-reduced
+    gradient_step: Callable[[Tensor, Tensor], StepStats] = field(init=False)
     run_dir: Path = field(init=False)  # set once the run directory exists
     # where the run stands (all of it in last.pt)
     epoch: int = 0  # complete epochs

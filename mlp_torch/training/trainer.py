@@ -53,14 +53,14 @@ from ..data import (
     fit_preprocessor,
     load_data,
 )
-from ..errors import DataError, WriteError
+from ..errors import DataError, UsageError, WriteError
 from ..models import build_model
 from ..utils import DTYPES, set_seed
 from .callbacks import StopAfterEpochs, default_callbacks
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .distributed import World, evaluate_sharded, join_processes
-from .loop import Callback, CallbackList, finish_epoch, start_epoch, train_one_epoch
+from .loop import Callback, CallbackList, choose_gradient_step, finish_epoch, start_epoch, train_one_epoch
 from .resume import check_same_data, load_run_config, note, open_for_resume, record_resumed_config
 from .rundir import RunLock, check_runs_dir, device_name, make_run_dir, nan_to_none, versions, write_json
 from .schedule import build_optimizer, build_scheduler
@@ -164,6 +164,7 @@ def start_run(config: TrainConfig, resume: Path | None = None) -> Iterator[Train
     config = config.with_absolute_paths()
     with contextlib.ExitStack() as cleanup:
         world, device = cleanup.enter_context(join_processes(config.device, config.dist_timeout))
+        check_cuda_graphs(config, device, world)
 
         def open_run() -> dict[str, Any]:  # rank 0: lock the run, read its last.pt (shared with the others)
             assert resume is not None
@@ -275,6 +276,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world
         class_weight=None if loss_weights is None else loss_weights.to(device=device, dtype=dtype),
         world=world,
     )
+    state.gradient_step = choose_gradient_step(state)
     state.lr = optimizer.param_groups[0]["lr"]
     return state
 
@@ -289,6 +291,21 @@ def training_inputs(preprocess: Standardizer | Whitener, x: torch.Tensor) -> tup
     if isinstance(preprocess, Whitener):
         return preprocess.images(x), Standardizer.identity(preprocess.in_features).to(x.device)
     return x, preprocess
+
+
+def check_cuda_graphs(config: TrainConfig, device: torch.device, world: World) -> None:
+    """Refuse ``--cuda-graphs`` on a device that is not CUDA, and under ``torchrun`` (before any data are loaded)."""
+    if not config.cuda_graphs:
+        return
+    if device.type != "cuda":
+        raise UsageError(
+            f"--cuda-graphs needs a CUDA device, but this run's device is {device} "
+            f"(--device {config.device}): pass --device cuda, or leave --cuda-graphs out"
+        )
+    if world.size > 1:
+        raise UsageError(
+            f"--cuda-graphs trains in one process, not {world.size} under torchrun: leave --cuda-graphs out"
+        )
 
 
 def write_run_config(state: TrainState) -> None:
