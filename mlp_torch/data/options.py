@@ -13,6 +13,7 @@ from .planar import PLANAR_DATASETS, planar_num_classes
 
 DATASETS = ("cifar", "folder", "synthetic", *PLANAR_DATASETS)
 BALANCE_CHOICES = ("none", "weights", "sample")
+WHITEN_CHOICES = ("none", "zca")
 
 # The official archives (https://www.cs.toronto.edu/~kriz/cifar.html); each can be overridden by a
 # flag or an environment variable, so a mirror, a local file:// copy or a test server can stand in.
@@ -105,6 +106,18 @@ class DataOptions:
         help="random crops of training images zero-padded by PAD pixels, 0 = off (default: 2 for images, "
         "0 for 2-D points)",
     )
+    whiten: str = option(
+        "none",
+        choices=WHITEN_CHOICES,
+        help="zca: after standardising, ZCA-whiten the images (fitted on train, stored with the model; "
+        "training images are whitened once, then flipped and cropped)",
+    )
+    zca_eps: float = option(
+        10.0,
+        metavar="K",
+        help="ZCA's ε as K times the mean eigenvalue of the training pixels' covariance: 10 flattens only the "
+        "strongest, low-frequency directions (soft ZCA); 0.01 is nearly full whitening",
+    )
     cifar10_url: str = option(
         default_factory=lambda: _env_default("cifar10_url"),
         metavar="URL",
@@ -144,6 +157,10 @@ class DataOptions:
             self.augment_flip = not self.is_planar
         if self.augment_crop is None:
             self.augment_crop = 0 if self.is_planar else 2
+        if self.whiten not in WHITEN_CHOICES:
+            raise UsageError(f"unknown --whiten {self.whiten!r}; use one of {', '.join(WHITEN_CHOICES)}")
+        if not (isinstance(self.zca_eps, (int, float)) and self.zca_eps > 0 and math.isfinite(self.zca_eps)):
+            raise UsageError(f"--zca-eps must be a positive number, got {self.zca_eps!r}")
         if self.balance not in BALANCE_CHOICES:
             raise UsageError(f"unknown --balance {self.balance!r}; use one of {', '.join(BALANCE_CHOICES)}")
         if not 0.0 <= self.val_fraction < 1.0:

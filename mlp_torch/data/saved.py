@@ -30,6 +30,8 @@ SAVED_TYPES: dict[str, tuple[type, ...]] = {
     "balance": (str,),
     "augment_flip": (bool,),
     "augment_crop": (int,),
+    "whiten": (str,),
+    "zca_eps": (float, int),
     "synthetic_train_per_class": (int,),
     "synthetic_test_per_class": (int,),
     "samples": (int,),

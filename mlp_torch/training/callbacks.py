@@ -165,8 +165,11 @@ class TensorBoardLog(Callback):
         self.log.scalars(scalars, epoch)
         self.log.layer_norms(state.model, state.grad_norms, epoch)
         if self.histogram_every and (epoch % self.histogram_every == 0 or epoch == state.config.epochs):
-            images = state.batches.x if val is None else state.val.x  # the training split without validation
-            probe = state.standardizer(images[:512]).to(next(state.model.parameters()).dtype)
+            if val is None:  # the training split, preprocessed as its batches are
+                probe = state.batches.standardizer(state.batches.x[:512])
+            else:
+                probe = state.standardizer(state.val.x[:512])
+            probe = probe.to(next(state.model.parameters()).dtype)
             self.log.histograms(state.model, state.model.hidden_activations(probe), epoch)
             self.log.templates(state.model.layers[0].weight, state.data.image_size, epoch)
             if val is not None:

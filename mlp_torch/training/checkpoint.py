@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import warnings
 from collections import OrderedDict
@@ -235,8 +236,25 @@ def validate_checkpoint(data: dict[str, Any], path: Path) -> None:
         ):
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise bad(f"its standardizer {key} is {shape}, not {in_features} floating-point numbers")
+    if "whitener" in data:
+        _check_whitener(data["whitener"], in_features, bad)
     if "config" in data and not isinstance(data["config"], dict):
         raise bad("its run config is not a dict")
+
+
+def _check_whitener(whitener: Any, in_features: int, bad: Any) -> None:
+    """A whitener (``--whiten zca``): a (D, k) basis, k gains and a positive scale, D the model's inputs."""
+    if not (isinstance(whitener, dict) and set(whitener) == {"basis", "gains", "scale"}):
+        raise bad("its whitener is not a dict of basis, gains and scale")
+    if not all(isinstance(t, torch.Tensor) and t.is_floating_point() and _dense(t) for t in whitener.values()):
+        raise bad("its whitener holds something other than stored floating-point tensors")
+    basis, gains, scale = whitener["basis"], whitener["gains"], whitener["scale"]
+    if basis.dim() != 2 or basis.shape[0] != in_features or not 1 <= basis.shape[1] <= in_features:
+        raise bad(f"its whitener basis is {tuple(basis.shape)}, not ({in_features}, k) with 1 ≤ k ≤ {in_features}")
+    if gains.shape != basis.shape[1:]:
+        raise bad(f"its whitener has {tuple(gains.shape)} gains for {basis.shape[1]} directions")
+    if scale.dim() != 0 or not (math.isfinite(float(scale)) and float(scale) > 0):
+        raise bad("its whitener scale is not one positive number")
 
 
 _PLAIN = (str, int, float, bool, type(None))

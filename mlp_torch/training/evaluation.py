@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..data import Standardizer
+from ..data import Preprocessor
 from ..metrics import accuracy, balanced_accuracy, confusion_matrix, per_class_accuracy
 from ..models import Classifier
 
@@ -27,7 +27,7 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: Classifier, x: Tensor, y: Tensor, standardizer: Standardizer, batch_size: int = EVAL_BATCH
+    model: Classifier, x: Tensor, y: Tensor, standardizer: Preprocessor, batch_size: int = EVAL_BATCH
 ) -> EvalResult:
     """Mean loss, accuracy, balanced accuracy (mean per-class recall) and confusion matrix.
 
@@ -38,7 +38,7 @@ def evaluate(
         model: any model from :mod:`mlp_torch.models`, already on ``x``'s device.
         x: uint8 images (N, 3, H, W) on the model's device.
         y: int64 labels (N,).
-        standardizer: the training split's normalisation.
+        standardizer: the training split's preprocessing (a Standardizer, or a Whitener).
         batch_size: images per forward pass.
     """
     num_classes = model.config()["num_classes"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..data import DataOptions, Standardizer, load_data
+from ..data import DataOptions, Preprocessor, load_data, preprocessor_from_state
 from ..data.folder import read_image
 from ..data.saved import data_options_from_saved
 from ..errors import CheckpointError, DataError, UsageError
@@ -35,7 +35,7 @@ class LoadedModel:
     """A model rebuilt from a checkpoint, ready for inference."""
 
     model: Classifier
-    standardizer: Standardizer
+    standardizer: Preprocessor
     classes: list[str]
     image_size: int
     checkpoint: dict[str, Any]
@@ -70,7 +70,7 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     try:
         model = build_model(**ckpt["model_config"]).to(device)
         model.load_state_dict(ckpt["model_state"])
-        standardizer = Standardizer.from_state_dict(ckpt["standardizer"]).to(device)
+        standardizer = preprocessor_from_state(ckpt["standardizer"], ckpt.get("whitener")).to(device)
     except (TypeError, KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: the checkpoint's model does not match its config ({err})") from None
     model.eval()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..data import DataBundle, DeviceBatches, Split, Standardizer
+from ..data import DataBundle, DeviceBatches, Preprocessor, Split, Standardizer, Whitener, preprocessor_from_state
 from ..models import Classifier
 from .config import TrainConfig
 from .evaluation import EvalResult
@@ -96,11 +96,11 @@ class TrainState:
     config: TrainConfig
     device: torch.device
     data: DataBundle  # the three splits, CPU uint8
-    standardizer: Standardizer
+    standardizer: Preprocessor  # the Standardizer, or the Whitener (--whiten zca) that holds it
     model: Classifier
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
-    batches: DeviceBatches  # the training split on the device: shuffled, augmented, standardised
+    batches: DeviceBatches  # the training split on the device: shuffled, augmented, preprocessed
     val: Split  # the validation split on the device (empty without one)
     class_weight: Tensor | None  # --balance weights
     run_dir: Path = field(init=False)  # set once the run directory exists
@@ -130,6 +130,12 @@ class TrainState:
         return len(self.val) > 0
 
     @property
+    def base_standardizer(self) -> Standardizer:
+        """The per-pixel standardiser (the whitener's first step, when there is one)."""
+        pre = self.standardizer
+        return pre.standardizer if isinstance(pre, Whitener) else pre
+
+    @property
     def completed(self) -> bool:
         return self.epoch >= self.config.epochs
 
@@ -155,7 +161,8 @@ class TrainState:
             "model_state": self.model.state_dict(),
             "classes": self.data.classes,
             "image_size": self.data.image_size,
-            "standardizer": self.standardizer.state_dict(),
+            "standardizer": self.base_standardizer.state_dict(),
+            **({"whitener": self.standardizer.state_dict()} if isinstance(self.standardizer, Whitener) else {}),
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
@@ -176,8 +183,11 @@ class TrainState:
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Continue where ``ckpt`` (a :meth:`state_dict`) stopped, on the schedule of this config's epochs."""
         self.model.load_state_dict(ckpt["model_state"])
-        self.standardizer = Standardizer.from_state_dict(ckpt["standardizer"]).to(self.device)
-        self.batches.standardizer = self.standardizer
+        self.standardizer = preprocessor_from_state(ckpt["standardizer"], ckpt.get("whitener")).to(self.device)
+        if isinstance(self.standardizer, Whitener):  # the training images, whitened by the saved map
+            self.batches.x = self.standardizer.images(self.data.train.x.to(self.device))
+        else:
+            self.batches.standardizer = self.standardizer
         self.optimizer.load_state_dict(ckpt["optimizer"])
         restore_scheduler(self.scheduler, ckpt["scheduler"])
         generator = self.batches.generator

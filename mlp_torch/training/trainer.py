@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from ..data import DataBundle, DeviceBatches, Standardizer, balance_weights, load_data
+from ..data import DataBundle, DeviceBatches, Standardizer, Whitener, balance_weights, fit_preprocessor, load_data
 from ..errors import WriteError
 from ..models import build_model
 from ..utils import select_device, set_seed
@@ -176,7 +176,7 @@ def start_run(config: TrainConfig, resume: Path | None = None) -> Iterator[Train
 
 def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> TrainState:
     """A run at its start: the model initialised, the data on ``device``, the optimizer and schedule fresh."""
-    standardizer = Standardizer.fit(data.train.x)
+    preprocess = fit_preprocessor(data.train.x, config.data.whiten, config.data.zca_eps)
     model = build_model(
         kind=config.model,
         in_features=data.in_features,
@@ -190,11 +190,12 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
     loss_weights, sample_weights = balance_weights(config.data, data.train.y, data.num_classes)
     flip, crop = config.data.augment_flip, config.data.augment_crop
     assert flip is not None and crop is not None, "DataOptions resolves the dataset's augmentation"
+    images, batch_preprocess = training_inputs(preprocess.to(device), train.x)
     batches = DeviceBatches(
-        train.x,
+        images,
         train.y,
         config.batch_size,
-        standardizer,
+        batch_preprocess,
         shuffle=True,
         generator=torch.Generator(device=device).manual_seed(config.seed),
         augment_flip=flip,
@@ -206,7 +207,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         config=config,
         device=device,
         data=data,
-        standardizer=standardizer,
+        standardizer=preprocess,
         model=model,
         optimizer=optimizer,
         scheduler=build_scheduler(config, optimizer, steps_per_epoch=len(batches)),
@@ -216,6 +217,18 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
     )
     state.lr = optimizer.param_groups[0]["lr"]
     return state
+
+
+def training_inputs(preprocess: Standardizer | Whitener, x: torch.Tensor) -> tuple[torch.Tensor, Standardizer]:
+    """The training images the batches are cut from, and what each batch still needs after augmentation.
+
+    Standardised per batch, after the flips and crops of the uint8 images; whitened once, here,
+    and then flipped and cropped as whitened images (a crop's zero padding is the mean image), since
+    the 3,072 × 3,072 map would cost as much per batch as the network's first layer.
+    """
+    if isinstance(preprocess, Whitener):
+        return preprocess.images(x), Standardizer.identity(preprocess.in_features).to(x.device)
+    return x, preprocess
 
 
 def write_run_config(state: TrainState) -> None:
