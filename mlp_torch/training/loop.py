@@ -20,6 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from torch import Tensor
+
+from ..data.targets import mixup, smooth_labels
 from ..errors import DivergenceError
 from .evaluation import evaluate
 from .state import EpochProgress, StepStats, TrainState
@@ -100,11 +103,12 @@ def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
     assert progress is not None, "start_epoch first"
     while progress.step < len(state.batches):
         x, y = state.batches.batch(progress.order, progress.step)
-        state.batch = (x, y)
+        x, target = training_targets(state, x, y)
+        state.batch = (x, target)
         callbacks.on_step_start(state)
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = model.compute_gradients(x, y, class_weight=state.class_weight)
-        stats = StepStats.measure(model, loss, logits, y)  # the one sync per step
+        loss, logits = model.compute_gradients(x, target, class_weight=state.class_weight)
+        stats = StepStats.measure(model, loss, logits, y)  # the one sync per step; accuracy against y
         check_finite(state, stats)
         state.lr = optimizer.param_groups[0]["lr"]
         step_optimizer(state)
@@ -116,6 +120,20 @@ def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
         if state.should_stop and progress.step < len(state.batches):
             return False
     return True
+
+
+def training_targets(state: TrainState, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The step's inputs and targets: the class labels ``y``, or soft targets with ``--label-smoothing``/``--mixup``.
+
+    With both off nothing is drawn or changed: the lecture's loss ``ℓ = −log ŷ_y`` on the batch as it came.
+    """
+    config = state.config
+    if not config.label_smoothing and not config.mixup:
+        return x, y
+    t = smooth_labels(y, state.data.num_classes, config.label_smoothing, x.dtype)  # N,C
+    if config.mixup:
+        x, t = mixup(x, t, config.mixup, state.batches.generator)
+    return x, t
 
 
 def finish_epoch(state: TrainState) -> None:
