@@ -1,9 +1,14 @@
 """Benchmarks: the three gradient paths against each other and the GEMM limit, and our loader against a DataLoader.
 
 Everything runs in one process. Variants are interleaved (one call of each, in a rotating order,
-per round) so that a noisy neighbour slows them all alike, and each result is the median over the
-rounds after warm-up. On CUDA each call is timed with CUDA events and synchronised; on the CPU with
-``time.perf_counter``.
+per round) so that a noisy neighbour slows them all alike. Each row reports the median over the
+rounds after warm-up with its spread (the fastest round and the interquartile range), and its ratio
+to ``builtin`` as the median of the per-round ratios: a round's calls run back to back, so a load
+that comes and goes cancels in their ratio. On CUDA each call is timed with CUDA events and
+synchronised; on the CPU with one thread by the CPU time of the calling thread
+(``time.thread_time``), which leaves out the time the thread waits for a core while another process
+runs; with more threads by the wall clock (``time.perf_counter``), since the other threads' work is
+not the caller's CPU time.
 
 What a step is: ``zero_grad(set_to_none=True)``, ``model.compute_gradients(x, y)`` (forward,
 loss, backward) and ``torch.optim.SGD(foreach=True).step()``, identical for every backend.
@@ -25,7 +30,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,21 +41,22 @@ from .models import BACKENDS, build_model
 from .models.base import Classifier
 
 MODELS: tuple[tuple[str, tuple[int, ...]], ...] = (("softmax", ()), ("mlp", (512, 512)))
+BATCH_SIZES: tuple[int, ...] = (128, 512)
 
 
 @dataclass
 class BenchSettings:
     """How long to measure. ``quick`` keeps every row with fewer rounds."""
 
-    batch: int = 512
+    batch_sizes: tuple[int, ...] = BATCH_SIZES
     warmup: int = 3
-    rounds: dict[str, int] = field(default_factory=lambda: {"softmax": 200, "mlp": 30})
+    rounds: dict[str, int] = field(default_factory=lambda: {"softmax": 2000, "mlp": 100})
     data_rounds: int = 5
     compile: bool = False
 
     @classmethod
     def quick(cls, compile: bool = False) -> BenchSettings:
-        return cls(warmup=1, rounds={"softmax": 20, "mlp": 5}, data_rounds=1, compile=compile)
+        return cls(warmup=2, rounds={"softmax": 800, "mlp": 40}, data_rounds=1, compile=compile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,9 +64,17 @@ class BenchSettings:
 # --------------------------------------------------------------------------------------------
 
 
-def time_call(fn: Callable[[], Any], device: torch.device) -> float:
-    """Milliseconds one call of ``fn`` takes, all its device work included."""
+def clock_for(device: torch.device) -> str:
+    """``cuda-events`` on CUDA; on the CPU ``thread-cpu-time`` with one thread, else ``wall``."""
     if device.type == "cuda":
+        return "cuda-events"
+    return "thread-cpu-time" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, clock: str | None = None) -> float:
+    """Milliseconds one call of ``fn`` takes, all its device work included, by ``clock`` (see :func:`clock_for`)."""
+    clock = clock or clock_for(device)
+    if clock == "cuda-events":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
         start.record()
@@ -68,17 +82,34 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
-    start_s = time.perf_counter()
+    now = time.thread_time if clock == "thread-cpu-time" else time.perf_counter
+    start_s = now()
     fn()
     if device.type == "mps":
         torch.mps.synchronize()
-    return (time.perf_counter() - start_s) * 1e3
+    return (now() - start_s) * 1e3
 
 
-def interleaved_medians(
-    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device
-) -> dict[str, float]:
-    """Median milliseconds per variant; each round calls every variant once, starting one further along."""
+@dataclass(frozen=True)
+class Spread:
+    """The median of some timings, their minimum and their interquartile range."""
+
+    median: float
+    min: float
+    iqr: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if len(values) < 2:
+            return cls(values[0], values[0], 0.0)
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        return cls(statistics.median(values), min(values), q3 - q1)
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device, clock: str | None = None
+) -> dict[str, list[float]]:
+    """Milliseconds of each call, per variant; each round calls every variant once, starting one further along."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -87,8 +118,43 @@ def interleaved_medians(
     for r in range(rounds):
         for k in range(len(names)):
             name = names[(r + k) % len(names)]
-            times[name].append(time_call(fns[name], device))
+            times[name].append(time_call(fns[name], device, clock))
+    return times
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device, clock: str | None = None
+) -> dict[str, float]:
+    """Median milliseconds per variant of :func:`interleaved_times`."""
+    times = interleaved_times(fns, rounds, warmup, device, clock)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def keep_freed_memory() -> str | None:
+    """Ask glibc to keep freed memory in the process (``mallopt``); what was set, or ``None`` elsewhere.
+
+    A step frees its gradients (``zero_grad(set_to_none=True)``) and allocates them again: 6 MiB
+    for the MLP's first layer. Once more than the trim threshold lies free at the top of its heap,
+    glibc hands the pages back to the kernel, and the next allocation of that size faults them in
+    again (about 1,500 page faults, 3 ms at batch 128). Which variant pays depends on the order in
+    which the interleaved variants free and allocate, not on the variant: with the thresholds
+    raised, no step page-faults and the rows compare the steps themselves.
+    """
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    if not (libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_mmap_threshold, 32 << 20)):
+        return None
+    return "glibc mallopt: trim threshold 1 GiB, mmap threshold 32 MiB (freed memory stays mapped)"
+
+
+def paired_ratios(times: dict[str, list[float]], name: str, reference: str) -> list[float]:
+    """``name``'s time over ``reference``'s, round by round (both ran in each round, back to back)."""
+    return [t / ref for t, ref in zip(times[name], times[reference])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +244,8 @@ def gemm_calls(model: Classifier, batch: int, device: torch.device) -> tuple[Cal
 
 @dataclass
 class StepRow:
+    """One (model, backend, batch) row: the median step time with its spread, and its ratio to builtin."""
+
     model: str
     backend: str
     batch: int
@@ -187,38 +255,56 @@ class StepRow:
     compiled: bool = False
     peak_bytes: int | None = None
     gflops: float | None = None
+    ms_min: float = 0.0
+    ms_iqr: float = 0.0
+    ratio_iqr: float = 0.0
+    rounds: int = 0
 
 
 def bench_steps(
     in_features: int, num_classes: int, device: torch.device, settings: BenchSettings, seed: int = 0
-) -> tuple[list[StepRow], dict[str, float]]:
-    """Time every (model, backend[, compiled]) step; return the rows and the MLP's GEMM efficiency per variant."""
-    generator = torch.Generator(device).manual_seed(seed)
-    x = torch.randn(settings.batch, in_features, device=device, generator=generator)
-    y = torch.randint(0, num_classes, (settings.batch,), device=device, generator=generator)
+) -> tuple[list[StepRow], dict[int, dict[str, float]]]:
+    """Time every (model, backend[, compiled]) step at each batch size.
+
+    Returns the rows and, per batch size, the MLP's GEMM efficiency per variant.
+    """
+    clock = clock_for(device)
     compiled_modes = (False, True) if settings.compile else (False,)
     rows: list[StepRow] = []
-    efficiency: dict[str, float] = {}
-    for kind, hidden in MODELS:
-        fns: dict[str, Callable[[], None]] = {}
-        info: dict[str, tuple[str, bool, int, int | None]] = {}
-        for compiled in compiled_modes:
-            for backend in BACKENDS:
-                model = build_model(kind, in_features, num_classes, hidden, "sigmoid", backend, seed=seed).to(device)
-                name = f"{backend}{'+compile' if compiled else ''}"
-                fns[name] = make_step(model, x, y, compile=compiled)
-                info[name] = (backend, compiled, saved_bytes(model, x, y), peak_bytes(fns[name], device))
-        flops = 0.0
-        if kind == "mlp":
-            fns["torch.mm"], flops = gemm_calls(model, settings.batch, device)
-        medians = interleaved_medians(fns, settings.rounds[kind], settings.warmup, device)
-        for name, (backend, compiled, kept, peak) in info.items():
-            reference = medians["builtin+compile" if compiled else "builtin"]
-            row = StepRow(kind, backend, settings.batch, medians[name], medians[name] / reference, kept, compiled, peak)
-            if flops:
-                row.gflops = flops / medians[name] / 1e6
-                efficiency[name] = medians["torch.mm"] / medians[name]  # same FLOPs: the rate ratio is the time ratio
-            rows.append(row)
+    efficiency: dict[int, dict[str, float]] = {}
+    for batch in settings.batch_sizes:
+        generator = torch.Generator(device).manual_seed(seed)
+        x = torch.randn(batch, in_features, device=device, generator=generator)
+        y = torch.randint(0, num_classes, (batch,), device=device, generator=generator)
+        for kind, hidden in MODELS:
+            fns: dict[str, Callable[[], None]] = {}
+            info: dict[str, tuple[str, bool, int, int | None]] = {}
+            for compiled in compiled_modes:
+                for backend in BACKENDS:
+                    model = build_model(kind, in_features, num_classes, hidden, "sigmoid", backend, seed=seed)
+                    model = model.to(device)
+                    name = f"{backend}{'+compile' if compiled else ''}"
+                    fns[name] = make_step(model, x, y, compile=compiled)
+                    info[name] = (backend, compiled, saved_bytes(model, x, y), peak_bytes(fns[name], device))
+            flops = 0.0
+            if kind == "mlp":
+                fns["torch.mm"], flops = gemm_calls(model, batch, device)
+            rounds = settings.rounds[kind]
+            times = interleaved_times(fns, rounds, settings.warmup, device, clock)
+            for name, (backend, compiled, kept, peak) in info.items():
+                spread = Spread.of(times[name])
+                ratios = Spread.of(paired_ratios(times, name, "builtin+compile" if compiled else "builtin"))
+                row = StepRow(
+                    kind, backend, batch, spread.median, ratios.median, kept, compiled, peak,
+                    ms_min=spread.min, ms_iqr=spread.iqr, ratio_iqr=ratios.iqr, rounds=rounds,
+                )  # fmt: skip
+                if flops:
+                    row.gflops = flops / spread.median / 1e6
+                    # same FLOPs: the rate ratio is the time ratio, taken round by round
+                    efficiency.setdefault(batch, {})[name] = 1 / statistics.median(
+                        paired_ratios(times, name, "torch.mm")
+                    )
+                rows.append(row)
     return rows, efficiency
 
 
@@ -275,7 +361,9 @@ def bench_data(bundle: DataBundle, device: torch.device, batch: int, rounds: int
             xb = xb.to(device, non_blocking=True).flatten(1)
             yb = yb.to(device, non_blocking=True)
 
-    medians = interleaved_medians({"device_batches": ours, "dataloader": dataloader}, rounds, 1, device)
+    # the wall clock: DataLoader workers are other processes, whose time is no thread's of ours
+    clock = "cuda-events" if device.type == "cuda" else "wall"
+    medians = interleaved_medians({"device_batches": ours, "dataloader": dataloader}, rounds, 1, device, clock)
     return {
         "source": bundle.source,
         "images": len(train),
@@ -322,19 +410,32 @@ def run_benchmark(
     bundle: DataBundle, device: torch.device, settings: BenchSettings, workers: int = 0, seed: int = 0
 ) -> dict[str, Any]:
     """The whole benchmark as the JSON-able dict that ``mlp-torch bench --json`` writes."""
+    allocator = keep_freed_memory()
     load_before = load_average()
     rows, efficiency = bench_steps(bundle.in_features, bundle.num_classes, device, settings, seed)
-    data = bench_data(bundle, device, settings.batch, settings.data_rounds, workers)
+    largest = max(settings.batch_sizes)
+    data = bench_data(bundle, device, largest, settings.data_rounds, workers)
     return {
         "device": describe_device(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "clock": clock_for(device),
+        "batch_sizes": list(settings.batch_sizes),
         "load_average": {"before": load_before, "after": load_average()},
+        "allocator": allocator,
         "steps": [vars(row) for row in rows],
-        "gemm_efficiency": efficiency["builtin"],
-        "gemm_efficiency_by_backend": efficiency,
+        "gemm_efficiency": efficiency[largest]["builtin"],
+        "gemm_efficiency_by_backend": efficiency[largest],
+        "gemm_efficiency_by_batch": {str(batch): value for batch, value in efficiency.items()},
         "data": data,
     }
+
+
+CLOCKS = {
+    "cuda-events": "CUDA events",
+    "thread-cpu-time": "CPU time of the calling thread",
+    "wall": "wall clock",
+}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -349,10 +450,16 @@ def format_report(report: dict[str, Any]) -> str:
                 f"warning: load average {busy:.1f} on {cores} cores; with {threads} threads each parallel "
                 f"op waits for a core (try --threads 1, or a quiet machine)"
             )
+    if report["allocator"]:
+        lines.append(f"allocator: {report['allocator']}")
+    lines.append(
+        f"times: {CLOCKS[report['clock']]}, median of interleaved rounds (min and interquartile range beside it); "
+        "vs builtin: median of the per-round ratios, and their IQR"
+    )
     lines.append("")
     header = (
-        f"{'model':<8} {'backend':<16} {'batch':>5} {'ms/step':>9} {'vs builtin':>10} {'saved MiB':>9} "
-        f"{'peak MiB':>8} {'GFLOP/s':>8}"
+        f"{'model':<8} {'backend':<16} {'batch':>5} {'ms/step':>9} {'min':>9} {'IQR':>8} {'vs builtin':>10} {'IQR':>6} "
+        f"{'saved MiB':>9} {'peak MiB':>8} {'GFLOP/s':>8}"
     )
     lines += [header, "-" * len(header)]
     for row in report["steps"]:
@@ -360,11 +467,14 @@ def format_report(report: dict[str, Any]) -> str:
         peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.1f}"
         gflops = "-" if row["gflops"] is None else f"{row['gflops']:.1f}"
         lines.append(
-            f"{row['model']:<8} {backend:<16} {row['batch']:>5} {row['ms']:>9.3f} "
-            f"{row['ratio_vs_builtin']:>10.3f} {row['saved_bytes'] / 2**20:>9.3f} {peak:>8} {gflops:>8}"
+            f"{row['model']:<8} {backend:<16} {row['batch']:>5} {row['ms']:>9.3f} {row['ms_min']:>9.3f} "
+            f"{row['ms_iqr']:>8.3f} {row['ratio_vs_builtin']:>10.3f} {row['ratio_iqr']:>6.3f} "
+            f"{row['saved_bytes'] / 2**20:>9.3f} {peak:>8} {gflops:>8}"
         )
-    by_backend = ", ".join(f"{name} {value:.2f}" for name, value in report["gemm_efficiency_by_backend"].items())
-    lines += ["", f"gemm efficiency (mlp step FLOP rate / torch.mm on its GEMM shapes): {by_backend}"]
+    lines.append("")
+    for batch, by_backend in report["gemm_efficiency_by_batch"].items():
+        values = ", ".join(f"{name} {value:.2f}" for name, value in by_backend.items())
+        lines.append(f"gemm efficiency at batch {batch} (mlp step FLOP rate / torch.mm on its GEMM shapes): {values}")
     d = report["data"]
     lines += [
         f"data, one epoch of {d['images']} images in batches of {d['batch']} ({d['source']}):",

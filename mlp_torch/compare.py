@@ -19,6 +19,10 @@ Errors, per parameter and pair (a = the checked gradient, b = the reference):
     max_rel = max |a − b| / max(1e-8, |a| + |b|)        elementwise (CS231n's relative error)
     scaled  = max |a − b| / max(1e-8, max |b|)          relative to the tensor's scale
 
+While training, ``--check-grads-every`` judges each layer by one number instead
+(:func:`layer_errors`): ``‖a − b‖ / ‖b‖`` over the layer's weight and bias, ≈ 1e-7 in float32 when
+the gradient is right and ≈ 1 when it is wrong; it passes below 1e-4 (float64: 1e-10).
+
 The pass/fail tolerance (see :func:`tolerance_for`):
 
 - backend pairs in float64: ``max_rel ≤ 1e-10``. The three paths do the same arithmetic in a
@@ -38,6 +42,7 @@ The pass/fail tolerance (see :func:`tolerance_for`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +57,8 @@ FD_STEP = 1e-3
 TOL_BACKENDS_FLOAT64 = 1e-10  # on max_rel
 TOL_BACKENDS_FLOAT32 = 1e-5  # on scaled
 TOL_FINITE_DIFFERENCE = 1e-5  # on max_rel, float64 only
+# layer_errors (a whole layer's relative error, used while training) passes below these
+GRAD_CHECK_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
 @dataclass
@@ -98,6 +105,39 @@ def errors(a: Tensor, b: Tensor) -> tuple[float, float, float]:
     max_rel = (diff / (a.abs() + b.abs()).clamp_min(1e-8)).max().item()
     scaled = diff.max().item() / max(1e-8, b.abs().max().item())
     return diff.max().item(), max_rel, scaled
+
+
+def layer_errors(model: Classifier, checked: dict[str, Tensor], reference: dict[str, Tensor]) -> list[float]:
+    """Per layer, ``‖g − g_ref‖ / ‖g_ref‖`` over its weight and bias together (one sync for all layers).
+
+    Scale-free and summed over the whole layer, this error is ≈ 1e-7 for float32 gradients that are
+    right (rounding) and ≈ 1 for wrong ones, whatever the layer's gradient norm; the elementwise
+    relative error is not (see the module docstring). A layer whose reference gradient is 0 has
+    error 0 if the checked one is 0 too, else ∞.
+
+    Args:
+        model: the model the gradients belong to (for its layers' parameter names).
+        checked: gradient per parameter name (``layers.{i}.weight``), as :func:`backend_gradients` returns.
+        reference: the same for the reference path.
+    """
+    sums = []
+    for i, layer in enumerate(model.layers):
+        names = [f"layers.{i}.{name}" for name, _ in layer.named_parameters()]
+        diff = sum((checked[n].double() - reference[n].double()).square().sum() for n in names)
+        ref = sum(reference[n].double().square().sum() for n in names)
+        sums.append(torch.stack([torch.as_tensor(diff), torch.as_tensor(ref)]))
+    result = []
+    for diff_sq, ref_sq in torch.stack(sums).tolist():
+        if ref_sq > 0:
+            result.append(math.sqrt(diff_sq / ref_sq))
+        else:
+            result.append(0.0 if diff_sq == 0 else math.inf)
+    return result
+
+
+def layer_error_tolerance(dtype: torch.dtype) -> float:
+    """The pass threshold of :func:`layer_errors`: three orders of magnitude above rounding, far below 1."""
+    return GRAD_CHECK_TOLERANCE.get(dtype, 1e-2)
 
 
 def cs231n_verdict(rel: float) -> str:

@@ -7,8 +7,8 @@ For each op in :mod:`mlp_torch.functional` three checks run:
 * ``gradgradcheck``: ``torch.autograd.gradgradcheck`` in float64, with the same error measured
   on the Jacobian of the vector-Jacobian product (double backward);
 * ``vs-torch-float32``: forward and backward against PyTorch's op (``F.linear``, ``torch.sigmoid``,
-  ``torch.tanh``, ``F.relu``, ``F.cross_entropy``, ``F.binary_cross_entropy_with_logits``, ``x > 0``)
-  in float32, with explicit tolerances.
+  ``torch.tanh``, ``F.relu``, ``F.cross_entropy``, ``F.binary_cross_entropy_with_logits``, ``x > 0``;
+  the whole-layer Functions against those composed) in float32, with explicit tolerances.
 
 ``mlp-torch gradcheck`` prints the table; :func:`run_checks` returns it.
 """
@@ -101,6 +101,34 @@ def _elementwise(dtype: torch.dtype, device: torch.device, g: torch.Generator) -
     return (_away_from_zero((4, 5), dtype, device, g),)
 
 
+def _layer_inputs(dtype: torch.dtype, device: torch.device, g: torch.Generator) -> tuple[Tensor, ...]:
+    """x, W, b whose pre-activations ``x Wᵀ + b`` all have |a| ≥ 0.1 (relu's kink stays out of reach)."""
+    while True:
+        x, w, b = _linear_inputs(torch.float64, torch.device("cpu"), g)
+        if torch.addmm(b, x, w.T).abs().min() >= 0.1:
+            return tuple(t.to(dtype=dtype, device=device) for t in (x, w, b))
+
+
+def _output_layer_inputs(dtype: torch.dtype, device: torch.device, g: torch.Generator) -> tuple[Tensor, ...]:
+    x, w, b = _linear_inputs(dtype, device, g)
+    target = torch.randint(0, 3, (4,), generator=g).to(device)
+    return x, w, b, target
+
+
+def _loss_and_logits(loss: Tensor, logits: Tensor) -> Tensor:
+    """``(ℓ, a)`` as one vector, so that every check covers both outputs' gradients."""
+    return torch.cat([loss.reshape(1), logits.reshape(-1)])
+
+
+def _ours_output_layer(x: Tensor, w: Tensor, b: Tensor, target: Tensor) -> Tensor:
+    return _loss_and_logits(*mf.linear_softmax_cross_entropy(x, w, b, target))
+
+
+def _torch_output_layer(x: Tensor, w: Tensor, b: Tensor, target: Tensor) -> Tensor:
+    logits = F.linear(x, w, b)
+    return _loss_and_logits(F.cross_entropy(logits, target), logits)
+
+
 CASES: tuple[OpCase, ...] = (
     OpCase("linear", mf.linear, F.linear, _linear_inputs),
     OpCase("sigmoid", mf.sigmoid, torch.sigmoid, _elementwise),
@@ -112,6 +140,11 @@ CASES: tuple[OpCase, ...] = (
     OpCase("softmax_cross_entropy[soft]", mf.softmax_cross_entropy, F.cross_entropy, _sce_soft_inputs),
     OpCase("sigmoid_binary_cross_entropy", mf.sigmoid_binary_cross_entropy, _bce_with_logits, _sbce_inputs),
     OpCase("sigmoid_binary_cross_entropy[soft]", mf.sigmoid_binary_cross_entropy, _bce_with_logits, _sbce_soft_inputs),
+    # whole layers as one Function (the models' custom path), against PyTorch's ops composed
+    OpCase("linear_sigmoid", mf.linear_sigmoid, lambda x, w, b: torch.sigmoid(F.linear(x, w, b)), _layer_inputs),
+    OpCase("linear_tanh", mf.linear_tanh, lambda x, w, b: torch.tanh(F.linear(x, w, b)), _layer_inputs),
+    OpCase("linear_relu", mf.linear_relu, lambda x, w, b: F.relu(F.linear(x, w, b)), _layer_inputs),
+    OpCase("linear_softmax_cross_entropy", _ours_output_layer, _torch_output_layer, _output_layer_inputs),
 )
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mlp_torch import cli
+from mlp_torch import functional as MF
 from mlp_torch.compare import PAIRS, compare_gradients, errors
 from mlp_torch.models import MLP
 from mlp_torch.models.activations import ACTIVATION_TABLE
@@ -85,7 +86,12 @@ def test_a_wrong_custom_gradient_fails(tmp_path: Path, monkeypatch: pytest.Monke
             (h,) = ctx.saved_tensors
             return dh * (1 - h)  # should be 1 − h²
 
-    monkeypatch.setitem(ACTIVATION_TABLE, "tanh", dataclasses.replace(ACTIVATION_TABLE["tanh"], custom=WrongTanh.apply))
+    def wrong_layer(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return WrongTanh.apply(MF.linear(x, W, b))
+
+    monkeypatch.setitem(
+        ACTIVATION_TABLE, "tanh", dataclasses.replace(ACTIVATION_TABLE["tanh"], custom_layer=wrong_layer)
+    )
     code, report = run_compare(
         tmp_path, "--model", "mlp", "--hidden", "16", "--activation", "tanh", "--image-size", "8"
     )

@@ -18,6 +18,7 @@ from mlp_torch.training.figures import (
     activation_figure,
     class_colours,
     decision_boundary_figure,
+    decision_boundary_strip,
     describe_model,
     predict_grid,
 )
@@ -203,6 +204,25 @@ def test_a_trained_sigmoid_mlp_on_xor_has_its_contours():
     assert legend[2:] == ["ŷ = σ(p) = 0.1", "ŷ = σ(p) = 0.5", "ŷ = σ(p) = 0.9"]
     _, regions = class_colours(2)
     assert all(has_colour(pixels(fig), regions[c], at_least=5000) for c in range(2))
+
+
+def test_a_strip_draws_each_model_in_its_panel_with_one_legend(spiral):
+    """One run at a few epochs: panel k is model k's regions and accuracy, as its own figure has them."""
+    bundle, std = spiral
+    x, y = std(bundle.train.x), bundle.train.y
+    untrained = build_model("mlp", 2, 3, [16], "tanh", seed=0)
+    trained = sgd_fit(build_model("mlp", 2, 3, [16], "tanh", seed=0), x, y, epochs=20)
+    fig = decision_boundary_strip([untrained, trained], ["epoch 0", "epoch 20"], bundle.train.x, y, bundle.classes, std)
+    assert len(fig.axes) == 2 and sum(ax.get_legend() is not None for ax in fig.axes) == 1
+    for ax, model in zip(fig.axes, (untrained, trained)):
+        alone = decision_boundary_figure(model, bundle.train.x, y, bundle.classes, std).axes[0].get_title()
+        assert ax.get_title().split(": ")[1] == alone.split("accuracy ")[1].split(" on")[0]  # e.g. "97.3 %"
+        shown = ax.get_images()[0].get_array()
+        _, _, classes, _ = predict_grid(model, ax.get_xlim(), ax.get_ylim(), 300, std)
+        assert np.array_equal(np.asarray(shown), classes.numpy())
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["epoch 0", "epoch 20"]
+    with pytest.raises(ValueError, match="one title per model"):
+        decision_boundary_strip([trained], ["a", "b"], bundle.train.x, y, bundle.classes, std)
 
 
 def test_tensorboard_takes_the_figures(tmp_path):

@@ -90,7 +90,7 @@ def api_run(tmp_path_factory):
 
 def test_api_run_writes_the_run_directory(api_run):
     config, metrics, run_dir = api_run
-    assert run_dir.parent == config.runs_dir and run_dir.name.endswith("_api")
+    assert run_dir.parent == config.runs_dir and run_dir.name.startswith("api_")
     assert (run_dir / "config.json").is_file() and (run_dir / "metrics.json").is_file()
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
@@ -186,7 +186,7 @@ def test_runs_with_the_same_name_never_share_a_directory(tmp_path):
     first, second = Path(train(config)["run_dir"]), Path(train(config)["run_dir"])
     assert first != second
     assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
-    assert len([p for p in runs.iterdir() if p.name.split("_", 1)[1].startswith("same")]) == 5
+    assert len([p for p in runs.iterdir() if p.name.startswith("same_")]) == 5
 
 
 # ---------------------------------------------------------------- every model and backend
@@ -393,7 +393,7 @@ def test_cli_train_prints_epochs_table_and_tensorboard_command(tmp_path, capsys)
 
     assert main(cli_args(runs, "--name", "twice", "--model", "softmax", "--epochs", "1")) == 0
     dirs = sorted(p for p in runs.iterdir())
-    assert len(dirs) == 2 and all(p.name.split("_", 1)[1].startswith("twice") for p in dirs)
+    assert len(dirs) == 2 and all(p.name.startswith("twice_") for p in dirs)
     assert json.loads((run_dir / "config.json").read_text())["config"]["epochs"] == 2, "first run untouched"
 
 
@@ -426,11 +426,12 @@ def test_help_shows_every_default(monkeypatch, capsys):
         "--model": d.model,
         "--hidden": d.hidden,
         "--activation": d.activation,
+        "--output": d.output,
         "--backend": d.backend,
         "--epochs": d.epochs,
         "--batch-size": d.batch_size,
         "--optimizer": d.optimizer,
-        "--lr": "mlp 0.05, linear models 0.001",
+        "--lr": "mlp 0.05, linear models 0.001 on 32x32 images, 0.05 on 2-D points",
         "--momentum": d.momentum,
         "--nesterov": d.nesterov,
         "--weight-decay": d.weight_decay,
@@ -441,15 +442,19 @@ def test_help_shows_every_default(monkeypatch, capsys):
         "--seed": d.seed,
         "--device": d.device,
         "--runs-dir": d.runs_dir,
-        "--name": "",
+        "--name": "e.g. mlp512-sigmoid-custom-lr0.05-seed0",
         "--check-grads-every": d.check_grads_every,
         "--histogram-every": d.histogram_every,
+        "--boundary-every": "a tenth of --epochs, so ten frames; 0 = only at the end",
+        "--log-every": d.log_every,
         "--progress": "only when stderr is a terminal",
         "--dataset": "cifar",
         "--balance": "none",
     }
     for flag, default in expected.items():
         assert f"(default: {default})" in entries[flag], entries[flag]
+    for flag, entry in entries.items():
+        assert entry.count("(default:") <= 1, f"{flag} states its default twice: {entry}"
     assert d.backend == "custom" and d.model == "mlp" and d.activation == "sigmoid", "the lecture's defaults"
     assert "--resume" in entries
 
@@ -470,7 +475,8 @@ def test_console_script_trains_in_a_subprocess(tmp_path):
     run_dir = only_run_dir(runs)
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 1
     assert "tensorboard --logdir" in done.stdout
-    assert not (tmp_path / "cache").exists(), "--no-cache writes nothing"
+    # (matplotlib, which draws the run's figures, keeps its font cache in $XDG_CACHE_HOME/matplotlib)
+    assert not (tmp_path / "cache" / "mlp_torch").exists(), "--no-cache writes nothing"
 
 
 def test_trains_on_each_device(tmp_path, device):
@@ -486,8 +492,11 @@ def test_trains_on_each_device(tmp_path, device):
     assert next(loaded.model.parameters()).device.type == device.type
 
 
-def test_default_learning_rate_depends_on_the_model():
-    """A linear model on 3072 inputs diverges at the MLP's rate; an explicit --lr always wins."""
+def test_default_learning_rate_depends_on_the_model_and_its_inputs():
+    """A linear model on 3072 inputs diverges at the MLP's rate; an explicit --lr always wins.
+
+    A linear model's default keeps η·D at 0.001·3072 for D inputs, up to the MLP's rate.
+    """
     assert TrainConfig().lr == 0.05
     assert TrainConfig(model="softmax").lr == 0.001
     assert TrainConfig(model="perceptron").lr == 0.001
@@ -495,6 +504,11 @@ def test_default_learning_rate_depends_on_the_model():
     assert TrainConfig(model="softmax", lr=0.3).lr == 0.3
     saved = TrainConfig(model="softmax").to_dict()
     assert saved["lr"] == 0.001 and TrainConfig.from_dict(saved).lr == 0.001
+    assert TrainConfig(model="softmax", data=DataOptions(dataset="synthetic", image_size=16)).lr == 0.004
+    assert TrainConfig(model="softmax", data=DataOptions(dataset="synthetic", image_size=4)).lr == 0.05  # capped
+    for kind in ("softmax", "perceptron"):
+        assert TrainConfig(model=kind, data=DataOptions(dataset="spiral")).lr == 0.05
+    assert TrainConfig(hidden=[8], data=DataOptions(dataset="xor")).lr == 0.05
 
 
 # ---------------------------------------------------------------- without a validation split (item 4)

@@ -6,6 +6,7 @@ Commands import these from here, never from :mod:`mlp_torch.cli` (which imports 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -16,11 +17,12 @@ BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show every default in --help and keep the descriptions' line breaks.
 
-    A default of ``None`` ("not given") is left out: the help text says what happens then.
+    A default of ``None`` or ``""`` ("not given") is left out, and so is one the help text already
+    states: the help says what happens then.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or action.default == "" or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -33,6 +35,9 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
+        # argparse takes "-0.5,1.2" for an unknown option: then a value was missing, or was left over
+        if re.search(r"arguments are required: .*X,Y|unrecognized arguments: (.* )?-\.?\d", message):
+            message += "; a value that begins with '-', such as the point -0.5,1.2, goes after --"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from ..data import DataOptions
 from ..training.config import TrainConfig
 
-MODEL_FIELDS = ("model", "hidden", "activation", "backend")
+MODEL_FIELDS = ("model", "hidden", "activation", "output", "backend")
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataOptions) if f.name != "seed")
 
 
@@ -78,7 +78,7 @@ def values(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = MODEL_FIELDS) -> None:
-    """Add the model flags (``--model``, ``--hidden``, ``--activation``, ``--backend``) in a group "model".
+    """Add the model flags (``--model``, ``--hidden``, ``--activation``, ``--output``, ``--backend``), group "model".
 
     Args:
         parser: the subcommand's parser.
@@ -89,7 +89,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = 
 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """``build_model`` keyword arguments (all but ``in_features``/``num_classes``) from parsed flags."""
-    kwargs: dict[str, Any] = {"kind": args.model, "hidden": list(args.hidden), "activation": args.activation}
+    kwargs: dict[str, Any] = {
+        "kind": args.model,
+        "hidden": list(args.hidden),
+        "activation": args.activation,
+        "output": args.output,
+    }
     if hasattr(args, "backend"):
         kwargs["backend"] = args.backend
     return kwargs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 import torch
@@ -27,11 +28,13 @@ def register(subparsers: Any) -> None:
             "Tolerances: backends 1e-10 (max rel, float64) or 1e-5 (scaled, float32); finite differences\n"
             "1e-5 (max rel). Exits 1 when any pair exceeds its tolerance.\n\n"
             "The perceptron starts at zero weights, where every prediction is a tie; compare gives it small\n"
-            "random weights first so that its update is not trivially zero."
+            "random weights first so that its update is not trivially zero.\n\n"
+            "--output sigmoid (the forward-pass slide's one output unit) is for two classes: without\n"
+            "--classes, the synthetic data then have two (class0,class1)."
         ),
         formatter_class=HelpFormatter,
     )
-    add_model_arguments(parser, names=("model", "hidden", "activation"))  # every backend, no --backend
+    add_model_arguments(parser, names=("model", "hidden", "activation", "output"))  # every backend, no --backend
     add_data_arguments(parser, dataset="synthetic")
     parser.add_argument(
         "--dtype",
@@ -65,6 +68,8 @@ def load_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, to
     from ..data import Standardizer, balance_weights, load_data
 
     opts = data_options_from_args(args, seed=args.seed)
+    if args.output == "sigmoid" and opts.dataset == "synthetic" and opts.classes is None:
+        opts = dataclasses.replace(opts, classes=["class0", "class1"])  # one sigmoid unit: two classes
     bundle = load_data(opts)
     generator = torch.Generator().manual_seed(args.seed)
     index = torch.randperm(len(bundle.train.y), generator=generator)[: args.batch_size]

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data",
         help="show the dataset a run would use: classes, per-split counts, cache",
         description="Load the dataset the data flags describe (downloading, decoding and caching it if needed) "
-        "and print its source, classes, per-split per-class counts, image size and cache file.",
+        "and print its source, classes, per-split per-class counts, image size (or, for the 2-D datasets, "
+        "that its samples are points) and cache file.",
         formatter_class=HelpFormatter,
     )
     add_data_arguments(parser)
@@ -36,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"source:     {bundle.source}",
         f"classes:    {', '.join(bundle.classes)} (labels 0..{bundle.num_classes - 1})",
-        f"image size: {bundle.image_size}x{bundle.image_size} RGB ({bundle.in_features} features)",
+        f"image size: {bundle.image_size}x{bundle.image_size} RGB ({bundle.in_features} features)"
+        if bundle.has_images
+        else f"inputs:     2-D points (x₁, x₂), {bundle.in_features} features",
         "cache:      none"
         if bundle.cache_path is None
         else f"cache:      {bundle.cache_path} ({'reused' if bundle.cache_hit else 'written'})",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..utils import check_seed, option
-from .planar import PLANAR_DATASETS, planar_num_classes
+from .planar import PLANAR_DATASETS, PLANAR_FEATURES, planar_num_classes
 
 DATASETS = ("cifar", "folder", "synthetic", *PLANAR_DATASETS)
 BALANCE_CHOICES = ("none", "weights", "sample")
@@ -79,10 +79,11 @@ class DataOptions:
         None,
         parse=parse_classes,
         help="comma-separated class names, labelled 0..K-1 in this order (default: cat,dog,bear for cifar, "
-        "every class folder for folder, class0,class1,class2 for synthetic)",
+        "every class folder for folder, class0,class1,class2 for synthetic, class0,class1 for linear, xor and "
+        "circles, arm0,arm1,... for spiral)",
     )
     val_fraction: float = option(0.1, help="fraction of each class of the official train split held out for validation")
-    image_size: int = option(32, metavar="SIZE", help="images are resized to SIZE x SIZE pixels")
+    image_size: int = option(32, metavar="SIZE", help="images are resized to SIZE x SIZE pixels (not 2-D points)")
     cache_dir: Path | None = option(
         None,
         help="where decoded uint8 tensors are cached (default: $XDG_CACHE_HOME/mlp_torch or ~/.cache/mlp_torch)",
@@ -143,9 +144,18 @@ class DataOptions:
     )
     synthetic_train_per_class: int = option(1000, metavar="N", help="synthetic: training images per class")
     synthetic_test_per_class: int = option(200, metavar="N", help="synthetic: test images per class")
-    samples: int = option(1000, metavar="N", help="2-D datasets: points in train, and as many in test")
-    noise: float = option(0.1, help="2-D datasets: the standard deviation of the jitter of each coordinate")
-    arms: int = option(3, metavar="N", help="spiral: its arms, one class each")
+    samples: int = option(
+        1000,
+        metavar="N",
+        help="2-D datasets: points in train (--val-fraction of them held out for validation), and as many in test",
+    )
+    noise: float = option(
+        0.1,
+        metavar="STD",
+        help="2-D datasets: the standard deviation of Gaussian jitter added to each coordinate, in the units of "
+        "the data's [-1.5, 1.5]² box (spiral: times the radius; linear: widens the blobs, keeps the margin)",
+    )
+    arms: int = option(3, metavar="N", help="spiral: its arms, one class each (2 to 100)")
 
     def __post_init__(self) -> None:
         self.data_root = Path(self.data_root)
@@ -190,6 +200,11 @@ class DataOptions:
     def is_planar(self) -> bool:
         """Whether the dataset is one of the 2-D point sets (float (N, 2) features, not images)."""
         return self.dataset in PLANAR_DATASETS
+
+    @property
+    def in_features(self) -> int:
+        """Inputs per sample, as the model sees them: 3·H·W for images, 2 for the 2-D datasets' points."""
+        return PLANAR_FEATURES if self.is_planar else 3 * self.image_size * self.image_size
 
     def _check_planar(self) -> None:
         if isinstance(self.arms, bool) or not isinstance(self.arms, int) or not 2 <= self.arms <= 100:

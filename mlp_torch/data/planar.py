@@ -30,6 +30,7 @@ import torch
 from .splits import RawSplits, Split
 
 PLANAR_DATASETS = ("linear", "xor", "circles", "spiral")
+PLANAR_FEATURES = 2  # a point is (x₁, x₂): the models' in_features on these datasets
 LINEAR_NORMAL = (0.5, math.sqrt(3) / 2)  # the separating line's unit normal: 60° from the x₁ axis
 LINEAR_MARGIN = 0.15  # no point of `linear` is nearer the line than this
 LINEAR_CENTRE = 0.75  # the blobs' centres are ±LINEAR_CENTRE · LINEAR_NORMAL

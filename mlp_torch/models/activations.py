@@ -1,7 +1,8 @@
 """The hidden-layer activations, one record each, serving all three gradient paths.
 
 Each :class:`Activation` holds, for one name, PyTorch's op (``builtin``), our autograd Function
-(``custom``, from :mod:`mlp_torch.functional`), the hand-written forward/backward pair
+(``custom``, from :mod:`mlp_torch.functional`) and the whole layer ``h = f(x Wᵀ + b)`` as one Function
+(``custom_layer``, what the models' ``custom`` path runs), the hand-written forward/backward pair
 (``manual``, from :mod:`mlp_torch.models.manual`) and the initialisation that suits it.
 """
 
@@ -25,6 +26,7 @@ class Activation:
         name: ``sigmoid``, ``tanh`` or ``relu``.
         builtin: PyTorch's op, differentiated by autograd.
         custom: our ``torch.autograd.Function``.
+        custom_layer: ``(x, W, b) -> f(x Wᵀ + b)``, the linear map and ``f`` fused into one Function.
         forward: manual ``a -> (h, cache)``.
         backward: manual ``(dh, cache) -> da``.
         init: the hidden layers' initialisation (see :func:`mlp_torch.models.mlp.init_dense`).
@@ -33,6 +35,7 @@ class Activation:
     name: str
     builtin: Callable[[Tensor], Tensor]
     custom: Callable[[Tensor], Tensor]
+    custom_layer: Callable[[Tensor, Tensor, Tensor], Tensor]
     forward: Callable[[Tensor], tuple[Tensor, Tensor]]
     backward: Callable[[Tensor, Tensor], Tensor]
     init: str
@@ -40,10 +43,26 @@ class Activation:
 
 ACTIVATION_TABLE: dict[str, Activation] = {
     "sigmoid": Activation(
-        "sigmoid", torch.sigmoid, MF.sigmoid, manual.sigmoid_forward, manual.sigmoid_backward, init="xavier"
+        "sigmoid",
+        torch.sigmoid,
+        MF.sigmoid,
+        MF.LinearSigmoidFunction.apply,
+        manual.sigmoid_forward,
+        manual.sigmoid_backward,
+        init="xavier",
     ),
-    "tanh": Activation("tanh", torch.tanh, MF.tanh, manual.tanh_forward, manual.tanh_backward, init="xavier_tanh"),
-    "relu": Activation("relu", torch.relu, MF.relu, manual.relu_forward, manual.relu_backward, init="he"),
+    "tanh": Activation(
+        "tanh",
+        torch.tanh,
+        MF.tanh,
+        MF.LinearTanhFunction.apply,
+        manual.tanh_forward,
+        manual.tanh_backward,
+        init="xavier_tanh",
+    ),
+    "relu": Activation(
+        "relu", torch.relu, MF.relu, MF.LinearReLUFunction.apply, manual.relu_forward, manual.relu_backward, init="he"
+    ),
 }
 
 ACTIVATIONS: tuple[str, ...] = tuple(ACTIVATION_TABLE)

@@ -59,9 +59,9 @@ class Classifier(nn.Module):
     """Base class: a stack of dense ``layers`` and a loss, with three interchangeable gradient paths.
 
     Subclasses implement the autograd forward (``_forward``, builtin or custom ops) and its loss
-    (``_loss``), and the manual path (``_manual_forward`` returning the logits and a cache of what
-    backward needs, ``_manual_loss`` returning ℓ and dℓ/dlogits, ``_manual_backward`` filling
-    ``.grad``).
+    (``_loss``; ``_logits_and_loss`` may fuse the two), and the manual path (``_manual_forward``
+    returning the logits and a cache of what backward needs, ``_manual_loss`` returning ℓ and
+    dℓ/dlogits, ``_manual_backward`` filling ``.grad``).
     """
 
     kind: str = ""
@@ -103,8 +103,7 @@ class Classifier(nn.Module):
             with torch.no_grad():
                 logits, _ = self._manual_forward(x)
                 return self._manual_loss(logits, target, class_weight)[0]
-        custom = backend == "custom"
-        return self._loss(self._forward(x, custom=custom), target, class_weight, custom=custom)
+        return self._logits_and_loss(x, target, class_weight, custom=backend == "custom")[1]
 
     def loss_from_logits(
         self, logits: Tensor, target: Tensor, class_weight: Tensor | None = None, backend: str | None = None
@@ -140,10 +139,8 @@ class Classifier(nn.Module):
                 loss, dlogits = self._manual_loss(logits, target, class_weight)
                 self._manual_backward(cache, dlogits)
             return loss, logits
-        custom = backend == "custom"
         with torch.enable_grad():
-            logits = self._forward(x, custom=custom)
-            loss = self._loss(logits, target, class_weight, custom=custom)
+            logits, loss = self._logits_and_loss(x, target, class_weight, custom=backend == "custom")
             loss.backward()
         return loss.detach(), logits.detach()
 
@@ -163,6 +160,13 @@ class Classifier(nn.Module):
 
     def _forward(self, x: Tensor, custom: bool) -> Tensor:
         raise NotImplementedError
+
+    def _logits_and_loss(
+        self, x: Tensor, target: Tensor, class_weight: Tensor | None, custom: bool
+    ) -> tuple[Tensor, Tensor]:
+        """The autograd path's logits and loss; a model may fuse its last layer with the loss here."""
+        logits = self._forward(x, custom=custom)
+        return logits, self._loss(logits, target, class_weight, custom=custom)
 
     def _loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None, custom: bool) -> Tensor:
         raise NotImplementedError

@@ -125,7 +125,8 @@ class MLP(Classifier):
         with torch.no_grad():
             out = []
             h = x
-            for layer in self.layers[:-1]:
+            *hidden, _ = self.layers
+            for layer in hidden:
                 h = self.f.builtin(F.linear(h, layer.weight, layer.bias))  # N,H
                 out.append(h)
             return out
@@ -139,17 +140,35 @@ class MLP(Classifier):
     # ------------------------------------------------------------------ builtin / custom (autograd)
 
     def _forward(self, x: Tensor, custom: bool) -> Tensor:
+        *hidden, last = self.layers  # (unpacking, not self.layers[:-1], which builds a new ModuleList)
+        h = self._hidden(x, hidden, custom)  # N,H
         linear = MF.linear if custom else F.linear
-        f = self.f.custom if custom else self.f.builtin
-        h = x
-        for layer in self.layers[:-1]:
-            h = f(linear(h, layer.weight, layer.bias))  # h = f(a), a = h_in Wᵀ + b, N,H
-        last = self.layers[-1]
         return self._logits(linear(h, last.weight, last.bias))  # N,C
+
+    def _hidden(self, x: Tensor, hidden: Sequence[nn.Linear], custom: bool) -> Tensor:
+        h = x
+        for layer in hidden:
+            if custom:
+                h = self.f.custom_layer(h, layer.weight, layer.bias)  # h = f(h_in Wᵀ + b), one Function, N,H
+            else:
+                h = self.f.builtin(F.linear(h, layer.weight, layer.bias))  # h = f(a), a = h_in Wᵀ + b, N,H
+        return h
 
     def _logits(self, a: Tensor) -> Tensor:
         """The output layer's ``a`` as logits: itself (softmax), or ``[0, p]`` for the sigmoid unit ``p``."""
         return torch.cat([torch.zeros_like(a), a], dim=1) if self.output == "sigmoid" else a  # N,C
+
+    def _logits_and_loss(
+        self, x: Tensor, target: Tensor, class_weight: Tensor | None, custom: bool
+    ) -> tuple[Tensor, Tensor]:
+        if not custom or self.output != "softmax" or target.dim() != 1 or class_weight is not None:
+            return super()._logits_and_loss(x, target, class_weight, custom)
+        # the lecture's case: the last layer and the cross-entropy as one Function (the labels come
+        # from the data, whose range is checked where they are read; gather refuses others anyway)
+        *hidden, last = self.layers
+        h = self._hidden(x, hidden, custom=True)  # N,H
+        loss, logits = MF.LinearSoftmaxCrossEntropyFunction.apply(h, last.weight, last.bias, target)  # ℓ, N,C
+        return logits, loss
 
     def _loss(self, logits: Tensor, target: Tensor, class_weight: Tensor | None, custom: bool) -> Tensor:
         if self.output == "sigmoid":
@@ -176,12 +195,12 @@ class MLP(Classifier):
     def _manual_forward(self, x: Tensor) -> tuple[Tensor, MLPCache]:
         linear_caches, activation_caches = [], []
         h = x  # N,I
-        for layer in self.layers[:-1]:
+        *hidden, last = self.layers
+        for layer in hidden:
             a, linear_cache = manual.linear_forward(h, layer.weight, layer.bias)  # N,H
             h, activation_cache = self.f.forward(a)  # N,H
             linear_caches.append(linear_cache)
             activation_caches.append(activation_cache)
-        last = self.layers[-1]
         a, linear_cache = manual.linear_forward(h, last.weight, last.bias)  # N,C (N,1 for a sigmoid unit)
         linear_caches.append(linear_cache)
         return self._logits(a), (linear_caches, activation_caches)

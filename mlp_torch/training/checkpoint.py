@@ -7,8 +7,8 @@
   and fsynced, then renamed over the old one; a crash or a full disk mid-save leaves the previous
   checkpoint intact.
 * **Self-describing.** ``format``/``version`` tell an mlp_torch checkpoint from any other file;
-  it carries the model config, class names, image size and normalisation, so ``predict`` needs
-  nothing else.
+  it carries the model config, class names, image size (0 for the 2-D datasets' points) and
+  normalisation, so ``predict`` needs nothing else.
 * **Checked before use.** :func:`validate_checkpoint` (which ``eval`` and ``predict`` run) derives
   the model's shape from the tensors actually in the file and requires the config, class names,
   image size and standardiser to agree with it, so a doctored config can neither make
@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..data.planar import PLANAR_DATASETS, PLANAR_FEATURES
 from ..errors import CheckpointError
 from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS, OUTPUTS
 from ..utils import atomic_write
@@ -221,8 +222,15 @@ def validate_checkpoint(data: dict[str, Any], path: Path) -> None:
     if len(classes) != num_classes or len(set(classes)) != len(classes):
         raise bad(f"it names {len(classes)} classes ({', '.join(classes)}) for a {num_classes}-class model")
     image_size = data["image_size"]
-    if not _int(image_size) or image_size < 1 or 3 * image_size * image_size != in_features:
+    if not _int(image_size) or image_size < 0:
+        raise bad(f"its image size {image_size!r} is not a number of pixels (or 0 for 2-D points)")
+    if image_size == 0 and in_features != PLANAR_FEATURES:  # a 2-D dataset's points (x₁, x₂)
+        raise bad(f"its image size 0 means 2-D points, {PLANAR_FEATURES} inputs, but its model takes {in_features}")
+    if image_size > 0 and 3 * image_size * image_size != in_features:
         raise bad(f"its image size {image_size!r} does not give the model's {in_features} inputs (3 x size x size)")
+    dataset = _saved_dataset(data)
+    if dataset is not None and (dataset in PLANAR_DATASETS) != (image_size == 0):
+        raise bad(f"it was trained on {dataset} data, which image size {image_size} does not describe")
     std = data["standardizer"]
     if not (isinstance(std, dict) and set(std) == {"mean", "std"}):
         raise bad("its standardizer is not a dict of mean and std")
@@ -255,6 +263,14 @@ def _check_whitener(whitener: Any, in_features: int, bad: Any) -> None:
         raise bad(f"its whitener has {tuple(gains.shape)} gains for {basis.shape[1]} directions")
     if scale.dim() != 0 or not (math.isfinite(float(scale)) and float(scale) > 0):
         raise bad("its whitener scale is not one positive number")
+
+
+def _saved_dataset(data: dict[str, Any]) -> str | None:
+    """The dataset name in the checkpoint's run config, if it has one (lone ``predict`` checkpoints may not)."""
+    config = data.get("config")
+    options = config.get("data") if isinstance(config, dict) else None
+    dataset = options.get("dataset") if isinstance(options, dict) else None
+    return dataset if isinstance(dataset, str) else None
 
 
 _PLAIN = (str, int, float, bool, type(None))

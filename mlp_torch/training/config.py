@@ -19,14 +19,18 @@ from typing import Any
 
 from ..data import DataOptions
 from ..errors import UsageError
-from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS
+from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS, OUTPUTS
 from ..utils import check_seed, option
 from .rundir import MAX_NAME_BYTES
 
 OPTIMIZERS = ("sgd", "adam")
-# A linear model on 3072 standardised inputs moves its logits by about η·‖x‖² ≈ 3000 η per
-# step: at the MLP's 0.05 it oscillates (cat/dog test accuracy 57 %); at 0.001 it reaches 61 %.
+# A linear model on D standardised inputs moves its logits by about η·‖x‖² ≈ η·D per step. On
+# 3,072 pixels, at the MLP's 0.05 it oscillates (cat/dog test accuracy 57 %); at 0.001 (η·D ≈ 3)
+# it reaches 61 %. So a linear model's default keeps η·D at that value, and never exceeds the
+# MLP's: 0.001 for 32×32 images, 0.004 for 16×16, 0.05 for 2-D points (where 0.001 needs hundreds
+# of epochs to reach the loss's minimum on the spiral).
 DEFAULT_LR = {"mlp": 0.05, "linear": 0.001}
+LINEAR_LR_INPUTS = 3072  # the inputs D (32×32 RGB) at which a linear model's default is DEFAULT_LR["linear"]
 SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -56,6 +60,12 @@ class TrainConfig:
         help="hidden layer sizes of the mlp, any depth (none = linear softmax)",
     )
     activation: str = option("sigmoid", choices=ACTIVATIONS, help="hidden-layer non-linearity of the mlp")
+    output: str = option(
+        "softmax",
+        choices=OUTPUTS,
+        help="softmax: C output units, cross-entropy; sigmoid (two classes, softmax or mlp): the "
+        "forward-pass slide's one output unit ŷ = σ(p), binary cross-entropy",
+    )
     backend: str = option(
         "custom",
         choices=BACKENDS,
@@ -66,12 +76,13 @@ class TrainConfig:
     epochs: int = option(
         30, help="passes over the training split; with --resume the new total, the schedule re-stretched to it"
     )
-    batch_size: int = option(128, help="images per SGD step")
+    batch_size: int = option(128, help="samples (images or 2-D points) per SGD step")
     optimizer: str = option("sgd", choices=OPTIMIZERS, help="sgd (the lecture's) or adam")
     lr: float | None = option(
         None,
-        help="peak learning rate η; linear models (softmax, perceptron, an mlp without hidden layers) need a "
-        f"smaller one (default: mlp {DEFAULT_LR['mlp']}, linear models {DEFAULT_LR['linear']})",
+        help="peak learning rate η; a linear model (softmax, perceptron, an mlp without hidden layers) on D inputs "
+        "takes {linear}·{inputs}/D, at most the mlp's (default: mlp {mlp}, linear models {linear} on 32x32 images, "
+        "{mlp} on 2-D points)".format(mlp=DEFAULT_LR["mlp"], linear=DEFAULT_LR["linear"], inputs=LINEAR_LR_INPUTS),
     )
     momentum: float = option(0.9, help="SGD momentum (0 = plain SGD)")
     nesterov: bool = option(True, help="Nesterov momentum")
@@ -94,14 +105,33 @@ class TrainConfig:
     seed: int = option(0, help="seeds initialisation, split, shuffling, augmentation")
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     runs_dir: Path = option(Path("runs"), help="where run directories are created")
-    name: str = option("", help="run name (default: from the model, e.g. mlp512-sigmoid-custom)")
+    name: str = option(
+        "", help="run name, the start of the run's folder name (default: e.g. mlp512-sigmoid-custom-lr0.05-seed0)"
+    )
     check_grads_every: int = option(
         0,
         metavar="N",
-        help="every N steps compare the custom/manual gradients with builtin and log the error (0 = off)",
+        help="every N steps compare the custom/manual gradients with builtin, layer by layer, and print and log "
+        "the verdict (0 = off)",
     )
     histogram_every: int = option(
-        1, metavar="N", help="every N epochs log histograms, weight templates and the confusion matrix (0 = off)"
+        1,
+        metavar="N",
+        help="every N epochs, and at the last, log histograms and the figures: learned templates, the validation "
+        "confusion matrix, gradient norms by layer; at the end the test confusion matrix (0 = off)",
+    )
+    log_every: int = option(
+        5,
+        metavar="N",
+        help="every N steps log the training loss, accuracy, learning rate and gradient norms, each the mean "
+        "over those N steps (0 = off)",
+    )
+    boundary_every: int | None = option(
+        None,
+        metavar="N",
+        help="2-D datasets: every N epochs draw the decision boundary into TensorBoard (image "
+        "decision_boundary) and decision_boundary.png; the run's final model is drawn at the end "
+        "(default: a tenth of --epochs, so ten frames; 0 = only at the end)",
     )
     progress: bool | None = option(
         None,
@@ -113,10 +143,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
         self.hidden = [int(h) for h in self.hidden]
-        if self.lr is None:
-            self.lr = default_lr(self.model, self.hidden)
         if isinstance(self.data, dict):
             self.data = data_options_from_dict(self.data)
+        if self.lr is None:
+            self.lr = default_lr(self.model, self.hidden, self.data.in_features)
         if self.data.seed is None:  # a copy: the caller's DataOptions stays as it was
             self.data = dataclasses.replace(self.data, seed=self.seed)
         self.validate()
@@ -126,6 +156,9 @@ class TrainConfig:
         _choice("--model", self.model, MODEL_KINDS)
         _choice("--activation", self.activation, ACTIVATIONS)
         _choice("--backend", self.backend, BACKENDS)
+        _choice("--output", self.output, OUTPUTS)
+        if self.output == "sigmoid" and self.model == "perceptron":
+            raise UsageError("--output sigmoid is for --model softmax or mlp; the perceptron's output is its step")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--schedule", self.schedule, SCHEDULES)
         if any(h < 1 for h in self.hidden):
@@ -153,8 +186,10 @@ class TrainConfig:
             )
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
             raise UsageError(f"--warmup-epochs must be a finite number ≥ 0, got {self.warmup_epochs}")
-        if self.check_grads_every < 0 or self.histogram_every < 0:
-            raise UsageError("--check-grads-every and --histogram-every must be ≥ 0 (0 turns them off)")
+        if min(self.check_grads_every, self.histogram_every, self.log_every) < 0:
+            raise UsageError("--check-grads-every, --histogram-every and --log-every must be ≥ 0 (0 turns them off)")
+        if self.boundary_every is not None and self.boundary_every < 0:
+            raise UsageError(f"--boundary-every must be ≥ 0 (0: only the final picture), got {self.boundary_every}")
         check_seed(self.seed)
         if self.name and any(c in self.name for c in "/\\\0") or self.name in (".", ".."):
             raise UsageError(f"--name {self.name!r} must be a plain name, without path separators")
@@ -166,15 +201,25 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """``--name``, or a description of the model such as ``mlp512-sigmoid-custom``."""
+        """``--name``, or what tells runs apart, e.g. ``mlp512x256-sigmoid-custom-lr0.05-seed0``.
+
+        A sigmoid output shows as ``-sigmoidout`` (``mlp8-tanh-sigmoidout-custom-lr0.05-seed0``), and
+        the linear softmax model with one is logistic regression (``logistic-custom-…``).
+        """
         if self.name:
             return self.name
-        if self.model == "mlp":
-            name = f"mlp{'x'.join(map(str, self.hidden)) or '0'}-{self.activation}-{self.backend}"
-            if len(name) > MAX_NAME_BYTES:  # a very deep net: its depth, not every width
-                name = f"mlp{len(self.hidden)}layers-{self.activation}-{self.backend}"
-            return name
-        return f"{self.model}-{self.backend}"
+        out = "-sigmoidout" if self.output == "sigmoid" else ""
+        tail = f"{self.backend}-lr{self.lr:g}-seed{self.seed}"
+        if self.model == "softmax" and self.output == "sigmoid":
+            return f"logistic-{tail}"
+        if self.model != "mlp":
+            return f"{self.model}-{tail}"
+        if not self.hidden:
+            return f"mlp0{out}-{tail}"  # the linear softmax classifier: no activation
+        name = f"mlp{'x'.join(map(str, self.hidden))}-{self.activation}{out}-{tail}"
+        if len(name) > MAX_NAME_BYTES:  # a very deep net: its depth, not every width
+            name = f"mlp{len(self.hidden)}layers-{self.activation}{out}-{tail}"
+        return name
 
     def with_absolute_paths(self) -> TrainConfig:
         """This config with ``runs_dir``, ``data.data_root`` and ``data.cache_dir`` absolute.
@@ -204,9 +249,17 @@ class TrainConfig:
         return cls(**values)
 
 
-def default_lr(model: str, hidden: list[int]) -> float:
-    """The learning rate used when none is given: the MLP's, or the linear models' smaller one."""
-    return DEFAULT_LR["mlp" if model == "mlp" and hidden else "linear"]
+def default_lr(model: str, hidden: list[int], in_features: int = LINEAR_LR_INPUTS) -> float:
+    """The learning rate used when none is given: the MLP's, or a linear model's, which keeps η·D constant.
+
+    Args:
+        model: ``softmax``, ``mlp`` or ``perceptron``.
+        hidden: the mlp's hidden sizes (none: a linear model).
+        in_features: D, the inputs per sample (3·H·W for images, 2 for points).
+    """
+    if model == "mlp" and hidden:
+        return DEFAULT_LR["mlp"]
+    return min(DEFAULT_LR["mlp"], DEFAULT_LR["linear"] * (LINEAR_LR_INPUTS / in_features))
 
 
 def data_options_from_dict(values: dict[str, Any]) -> DataOptions:

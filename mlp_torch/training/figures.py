@@ -5,17 +5,23 @@
   :mod:`mlp_torch.functional`), so the curve drawn is the derivative the code trains with.
 * :func:`decision_boundary_figure`: a 2-D classifier's predicted class over a grid covering the
   data, each class in a light tint of its colour, the training points on top in the full colour,
-  and for a sigmoid output the line ``ŷ = σ(p) = 0.5`` with the 0.1 and 0.9 levels dashed.
+  and for a sigmoid output the line ``ŷ = σ(p) = 0.5`` with the 0.1 and 0.9 levels dashed;
+  :func:`decision_boundary_strip` puts several side by side (one run at a few epochs), and
+  :func:`draw_decision_boundary` draws one on any matplotlib ``Axes``.
 
 Both return a :class:`matplotlib.figure.Figure` on an Agg canvas (no pyplot, no display, no global
 state), so ``fig.savefig("x.png")`` and TensorBoard's ``SummaryWriter.add_figure`` both take it.
+:func:`figure_pixels` draws one once into an RGB array, for TensorBoard's ``add_image`` and a PNG
+file alike (:func:`png_bytes`), without drawing it twice or importing pyplot as ``add_figure`` does.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
@@ -26,14 +32,18 @@ from matplotlib.lines import Line2D
 from torch import Tensor
 
 from .. import functional as MF
-from ..data import Standardizer
+from ..data import Preprocessor
 from ..models import Classifier
 
 __all__ = [
     "activation_figure",
     "class_colours",
     "decision_boundary_figure",
+    "decision_boundary_strip",
+    "draw_decision_boundary",
     "describe_model",
+    "figure_pixels",
+    "png_bytes",
     "predict_grid",
 ]
 
@@ -80,13 +90,29 @@ def _rgb(values: Iterable[float]) -> tuple[float, float, float]:
     return red, green, blue
 
 
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The figure drawn at its own dpi, as ``savefig`` draws it: uint8 RGB (H, W, 3)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # H,W,3 (the figure's background is opaque)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 RGB (H, W, 3) pixels as a PNG file's bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    return buffer.getvalue()
+
+
 # --------------------------------------------------------------------------------------------
 # Activation functions and their derivatives
 # --------------------------------------------------------------------------------------------
 
 ACTIVATION_PANELS: tuple[tuple[str, Callable[[Tensor], Tensor], str, str], ...] = (
     ("Step (Rosenblatt)", MF.step, "f(a) = 1[a > 0]", "f'(a) = 0  (undefined at 0)"),
-    ("Sigmoid", MF.sigmoid, "σ(a) = 1 / (1 + e^{−a})", "σ'(a) = σ(a)(1 − σ(a))"),
+    ("Sigmoid", MF.sigmoid, "σ(a) = 1 / (1 + e⁻ᵃ)", "σ'(a) = σ(a)(1 − σ(a))"),
     ("Tanh", MF.tanh, "tanh(a)", "tanh'(a) = 1 − tanh²(a)"),
     ("ReLU", MF.relu, "relu(a) = max(0, a)", "relu'(a) = 1[a > 0]"),
 )
@@ -173,7 +199,7 @@ def predict_grid(
     xlim: tuple[float, float],
     ylim: tuple[float, float],
     grid: int = GRID,
-    standardizer: Standardizer | None = None,
+    standardizer: Preprocessor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The model's predictions on a ``grid`` x ``grid`` lattice over ``xlim`` x ``ylim``.
 
@@ -199,7 +225,7 @@ def predict_grid(
     return xs, ys, classes, probability
 
 
-def _logits(model: Classifier, points: Tensor, standardizer: Standardizer | None) -> Tensor:
+def _logits(model: Classifier, points: Tensor, standardizer: Preprocessor | None) -> Tensor:
     """``model(points)`` in chunks, without autograd, on the model's device and dtype; CPU result."""
     parameter = next(model.parameters())
     out = []
@@ -215,7 +241,7 @@ def decision_boundary_figure(
     x_train: Tensor,
     y_train: Tensor,
     class_names: Sequence[str],
-    standardizer: Standardizer | None = None,
+    standardizer: Preprocessor | None = None,
     grid: int = GRID,
     title: str | None = None,
 ) -> Figure:
@@ -234,6 +260,69 @@ def decision_boundary_figure(
     Raises:
         ValueError: the points are not (N, 2), or labels and names do not match them.
     """
+    fig = Figure(figsize=(7.2, 5.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    handles, accuracy = draw_decision_boundary(ax, model, x_train, y_train, class_names, standardizer, grid)
+    heading = f"{describe_model(model)}: accuracy {100 * accuracy:.1f} % on these {len(x_train)} points"
+    ax.set_title(heading if title is None else f"{heading}\n{title}", fontsize=11)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+    return fig
+
+
+def decision_boundary_strip(
+    models: Sequence[Classifier],
+    titles: Sequence[str],
+    x_train: Tensor,
+    y_train: Tensor,
+    class_names: Sequence[str],
+    standardizer: Preprocessor | None = None,
+    grid: int = GRID,
+) -> Figure:
+    """Several models' decision boundaries side by side, e.g. one run's at a few epochs, with one legend.
+
+    Args:
+        models: the classifiers, one panel each, left to right (2 inputs each).
+        titles: one per panel, e.g. ``"epoch 5"``; each panel adds its accuracy on the points.
+        x_train: the points drawn in every panel (N, 2), before standardisation.
+        y_train: their labels (N,).
+        class_names: one name per class.
+        standardizer: the one the models were trained with.
+        grid: grid points a side, per panel.
+    """
+    if len(models) != len(titles) or not models:
+        raise ValueError(f"need one title per model, and some models; got {len(titles)} and {len(models)}")
+    fig = Figure(figsize=(3.2 * len(models) + 1.6, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    handles: list[Line2D] = []
+    for ax, model, title in zip(axes, models, titles):
+        handles, accuracy = draw_decision_boundary(ax, model, x_train, y_train, class_names, standardizer, grid)
+        ax.set_title(f"{title}: {100 * accuracy:.1f} %", fontsize=11)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"{describe_model(models[-1])}, accuracy on the {len(x_train)} points drawn", fontsize=12)
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0, frameon=False)
+    return fig
+
+
+def draw_decision_boundary(
+    ax: Axes,
+    model: Classifier,
+    x_train: Tensor,
+    y_train: Tensor,
+    class_names: Sequence[str],
+    standardizer: Preprocessor | None = None,
+    grid: int = GRID,
+) -> tuple[list[Line2D], float]:
+    """Draw the predicted class regions, the points and (sigmoid output) the ŷ contours on ``ax``.
+
+    Returns:
+        the legend handles (classes with their point counts, then the contours drawn) and the
+        model's accuracy on the points.
+
+    Raises:
+        ValueError: the points are not (N, 2), or labels and names do not match them.
+    """
     if grid < 2:
         raise ValueError(f"the grid needs at least 2 points a side, got {grid}")
     if x_train.dim() != 2 or x_train.shape[1] != 2:
@@ -248,9 +337,6 @@ def decision_boundary_figure(
     xs, ys, classes, probability = predict_grid(model, xlim, ylim, grid, standardizer)
     point_colours, region_colours = class_colours(num_classes)
 
-    fig = Figure(figsize=(7.2, 5.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     dx, dy = float(xs[1] - xs[0]) / 2, float(ys[1] - ys[0]) / 2  # each grid point at its pixel's centre
     ax.imshow(
         classes.numpy(),
@@ -278,10 +364,7 @@ def decision_boundary_figure(
     ax.set_ylim(*ylim)
     ax.set_xlabel("x₁")
     ax.set_ylabel("x₂")
-    heading = f"{describe_model(model)}: accuracy {100 * accuracy:.1f} % on these {len(x_cpu)} points"
-    ax.set_title(heading if title is None else f"{heading}\n{title}", fontsize=11)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
-    return fig
+    return handles, accuracy
 
 
 def _probability_contours(ax: Axes, xs: Tensor, ys: Tensor, probability: Tensor) -> list[Line2D]:

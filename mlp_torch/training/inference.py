@@ -1,7 +1,7 @@
-"""Use a finished run: evaluate a checkpoint on a split, or classify image files with it.
+"""Use a finished run: evaluate a checkpoint on a split, or classify image files (or 2-D points) with it.
 
 A checkpoint carries everything needed: the model config and weights, the class names, the
-image size and the training split's normalisation, checked against each other before anything is
+image size (0 for 2-D points) and the training split's normalisation, checked against each other before anything is
 built (:func:`~mlp_torch.training.checkpoint.validate_checkpoint`). ``evaluate_checkpoint`` also
 needs the data. Which data (dataset, classes, image size, seed and validation fraction, so the
 same split) come from the run directory's ``config.json``, or from the checkpoint itself when it is
@@ -13,6 +13,7 @@ ever downloaded, and no URL, md5 or cache folder is taken from either file
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,13 @@ class LoadedModel:
     model: Classifier
     standardizer: Preprocessor
     classes: list[str]
-    image_size: int
+    image_size: int  # 0: the model classifies 2-D points
     checkpoint: dict[str, Any]
+
+    @property
+    def takes_points(self) -> bool:
+        """Whether the model was trained on a 2-D dataset's points (x₁, x₂) rather than images."""
+        return self.image_size == 0
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -146,8 +152,8 @@ def evaluate_checkpoint(
     bundle = load_data(opts, allow_download=False)
     if bundle.classes != loaded.classes or bundle.image_size != loaded.image_size:
         raise CheckpointError(
-            f"the data hold classes {bundle.classes} at {bundle.image_size} px, the checkpoint "
-            f"{loaded.classes} at {loaded.image_size} px; pass --data-root DIR with the data it was trained on"
+            f"the data hold classes {bundle.classes} {_inputs(bundle.image_size)}, the checkpoint "
+            f"{loaded.classes} {_inputs(loaded.image_size)}; pass --data-root DIR with the data it was trained on"
         )
     data = bundle.splits()[split]
     if len(data) == 0:
@@ -156,18 +162,61 @@ def evaluate_checkpoint(
     return evaluate(loaded.model, data.x, data.y, loaded.standardizer), loaded.classes
 
 
-@torch.no_grad()
+def _inputs(image_size: int) -> str:
+    return "of 2-D points" if image_size == 0 else f"at {image_size} px"
+
+
 def predict_images(loaded: LoadedModel, images: list[Path], top: int = 3) -> list[list[tuple[str, float]]]:
     """For each image file, the ``top`` classes with their softmax probabilities, most likely first.
 
     Args:
-        loaded: from :func:`load_model`.
+        loaded: from :func:`load_model`, a model of images.
         images: image files of any size and mode (resized and converted as in training).
         top: how many classes to return per image.
     """
-    device = next(loaded.model.parameters()).device
-    pixels = torch.stack([read_image(p, loaded.image_size) for p in images]).to(device)  # B,3,S,S uint8
-    x = loaded.standardizer(pixels).to(next(loaded.model.parameters()).dtype)
+    if loaded.takes_points:
+        raise UsageError("this model classifies 2-D points, not images: give points as x,y, e.g. 0.5,-1.2")
+    pixels = torch.stack([read_image(p, loaded.image_size) for p in images])  # B,3,S,S uint8
+    return _top_classes(loaded, pixels, top)
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """``"0.5,-1.2"`` -> ``(0.5, -1.2)``: a point of the plane, as ``predict`` takes it.
+
+    Raises:
+        UsageError: not two finite numbers separated by a comma.
+    """
+    parts = text.split(",")
+    try:
+        x1, x2 = (float(part) for part in parts)
+    except ValueError:
+        x1 = x2 = math.nan
+    if not (math.isfinite(x1) and math.isfinite(x2)):
+        raise UsageError(f"{text!r} is not a point x,y: two finite numbers separated by a comma, e.g. 0.5,-1.2")
+    return x1, x2
+
+
+def predict_points(
+    loaded: LoadedModel, points: list[tuple[float, float]], top: int = 3
+) -> list[list[tuple[str, float]]]:
+    """For each point ``(x₁, x₂)``, in the data's own units, the ``top`` classes with their probabilities.
+
+    Args:
+        loaded: from :func:`load_model`, a model of a 2-D dataset.
+        points: the points, before standardisation (as the training data were given).
+        top: how many classes to return per point.
+    """
+    if not loaded.takes_points:
+        raise UsageError("this model classifies images: give image files, not points")
+    return _top_classes(loaded, torch.tensor(points, dtype=torch.float32).reshape(-1, 2), top)
+
+
+@torch.no_grad()
+def _top_classes(loaded: LoadedModel, inputs: torch.Tensor, top: int) -> list[list[tuple[str, float]]]:
+    """The ``top`` classes of each raw input and their softmax probabilities (for a sigmoid output
+    ``[1 − σ(p), σ(p)]``, since its logits are ``[0, p]``), most likely first."""
+    parameter = next(loaded.model.parameters())
+    x = loaded.standardizer(inputs.to(parameter.device)).to(parameter.dtype)
     probs = torch.softmax(loaded.model(x), dim=1)  # B,C
     k = min(top, probs.shape[1])
     values, indices = probs.topk(k, dim=1)

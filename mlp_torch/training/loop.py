@@ -148,6 +148,7 @@ def finish_epoch(state: TrainState) -> None:
         evaluate(state.model, state.val.x, state.val.y, state.standardizer) if state.has_val else None
     )
     nan = float("nan")
+    state.grad_norms = [s / max(len(state.batches), 1) for s in progress.grad_norm_sums]
     state.history.append(
         {
             "epoch": state.epoch,
@@ -158,9 +159,9 @@ def finish_epoch(state: TrainState) -> None:
             "val_balanced_accuracy": nan if val is None else val.balanced_accuracy,
             "lr": state.lr,  # of the epoch's last step (the scheduler has already moved on)
             "seconds": state.train_seconds,
+            "grad_norm": state.grad_norms,  # per layer, the mean over the epoch's steps
         }
     )
-    state.grad_norms = [s / max(len(state.batches), 1) for s in progress.grad_norm_sums]
     state.progress = None
     state.improved = val is None or val.balanced_accuracy > state.best["val_balanced_accuracy"]
     if state.improved:

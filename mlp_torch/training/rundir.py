@@ -44,7 +44,10 @@ def check_runs_dir(runs_dir: Path) -> None:
 
 
 def make_run_dir(runs_dir: Path, name: str) -> Path:
-    """A new ``runs_dir/<date-time>_<name>`` folder; never reuses an existing one.
+    """A new ``runs_dir/<name>_<date-time>`` folder; never reuses an existing one.
+
+    The name comes first: TensorBoard lists runs by folder name and cuts long ones short, and
+    the part that tells runs apart must be the part shown.
 
     Raises:
         WriteError: the folder could not be created (the disk, permissions).
@@ -53,7 +56,7 @@ def make_run_dir(runs_dir: Path, name: str) -> Path:
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1000):
-            candidate = runs_dir / (f"{stamp}_{name}" + (f"-{attempt}" if attempt else ""))
+            candidate = runs_dir / (f"{name}_{stamp}" + (f"-{attempt}" if attempt else ""))
             try:
                 candidate.mkdir()
                 return candidate

@@ -185,6 +185,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         activation=config.activation,
         backend=config.backend,
         seed=config.seed,
+        output=config.output,
     ).to(device)
     train = data.train.to(device)
     loss_weights, sample_weights = balance_weights(config.data, data.train.y, data.num_classes)
