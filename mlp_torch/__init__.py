@@ -8,6 +8,7 @@ The package is layered; a module imports its own layer or lower ones, never a hi
     models:    models/, compare                              (three gradient paths, compared)
     data:      data/                                         (datasets, cache, device batches)
     training:  training/, bench                              (train(config), callbacks, checkpoints)
+    sweep:     sweep/                                        (hyperparameter search on Optuna)
     commands:  commands/, cli, __main__                      (the ``mlp-torch`` command)
 """
 

@@ -22,14 +22,14 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import _common, bench, compare, data, gradcheck, plot, predict, train
+from .commands import _common, bench, compare, data, gradcheck, plot, predict, sweep, train
 from .commands import eval as eval_command  # `eval` alone would hide the builtin
 from .commands._common import BROKEN_PIPE_EXIT, INTERRUPTED_EXIT, ArgumentParser, HelpFormatter
 from .errors import MlpTorchError
 from .utils import stdout_to_devnull
 
 # The order of `mlp-torch --help`.
-COMMANDS = (train, eval_command, predict, compare, gradcheck, data, plot, bench)
+COMMANDS = (train, sweep, eval_command, predict, compare, gradcheck, data, plot, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ The layers are the ones ``mlp_torch/__init__.py`` states (and the README's Layou
     models    models/, compare
     data      data/
     training  training/, bench
+    sweep     sweep/
     commands  commands/, cli, __main__
 
 Every import counts: absolute and relative, at the top of a module or inside a function (where
@@ -30,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("mlp_torch.models", "mlp_torch.compare")),
     ("data", ("mlp_torch.data",)),
     ("training", ("mlp_torch.training", "mlp_torch.bench")),
+    ("sweep", ("mlp_torch.sweep",)),
     ("commands", ("mlp_torch.commands", "mlp_torch.cli", "mlp_torch.__main__")),
 )
 # Modules only the command line may import, and who that is.

@@ -52,7 +52,7 @@ def tiny_config(runs_dir: Path, **overrides: Any) -> TrainConfig:
     values: dict[str, Any] = dict(
         hidden=[16, 8], epochs=EPOCHS, batch_size=8, lr=0.05, device="cpu", runs_dir=runs_dir, progress=False
     )
-    values.update(data=data, log_every=LOG_EVERY)
+    values.update(data=data, log_every=LOG_EVERY, histogram_every=1)  # figures every epoch: each is checked
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -358,7 +358,7 @@ def test_hparams_list_the_metrics_and_only_applicable_hyperparameters(runs, boar
     common = {"model", "output", "backend", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov"}
     common |= {"weight_decay"}
     common |= {"schedule", "warmup_epochs", "seed", "dataset", "classes", "val_fraction", "image_size", "balance"}
-    common |= {"augment_flip", "augment_crop", "synthetic_train_per_class", "synthetic_test_per_class"}
+    common |= {"augment_flip", "augment_crop", "whiten", "synthetic_train_per_class", "synthetic_test_per_class"}
     for kind, (config, metrics) in runs[0].items():
         group = groups[run_name(metrics)]
         hparams = group["hparams"]

@@ -118,3 +118,69 @@ def data_options_from_args(args: argparse.Namespace, **given: Any) -> DataOption
         given: fields the command sets itself, e.g. ``seed=args.seed``.
     """
     return DataOptions(**values(args, DATA_FIELDS), **given)
+
+
+# ------------------------------------------------------------------------------ sweeps
+
+
+class BooleanOrSpace(argparse.Action):
+    """``--flag`` (true), ``--no-flag`` (false), or ``--flag SPEC`` (e.g. ``true,false``: a search space)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        negative = ["--no-" + s[2:] for s in option_strings if s.startswith("--")]
+        super().__init__([*option_strings, *negative], dest, nargs="?", **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        if option is not None and option.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option} takes no value (for a search space write {option.replace('--no-', '--')} SPEC)")
+            values = False
+        setattr(namespace, self.dest, True if values is None else values)
+
+
+def add_space_fields(group: argparse._ActionsContainer, cls: type, names: Iterable[str], searchable: set[str]) -> None:
+    """Like :func:`add_fields`, but the ``searchable`` fields take their text as given (a value or a
+    search space, read by :func:`mlp_torch.sweep.parse_flag`): ``--lr 1e-3..1e-1:log``,
+    ``--activation sigmoid,relu``, ``--hidden "512|1024 1024"``, ``--nesterov true,false``.
+
+    Args:
+        group: a parser or an argument group.
+        cls: ``TrainConfig`` or ``DataOptions``.
+        names: the fields to add, in ``--help`` order.
+        searchable: the names of the fields that may hold a search space.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        field = fields[name]
+        flag, default = "--" + name.replace("_", "-"), _default(field)
+        if name not in searchable:
+            group.add_argument(flag, default=default, **_flag(cls, field, hints[name]))
+            continue
+        meta = field.metadata
+        help_text = meta["help"]
+        if "choices" in meta:
+            help_text += f" (one or more of: {', '.join(meta['choices'])})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": default}
+        hint = hints[name]
+        if bool in typing.get_args(hint) or hint is bool:
+            group.add_argument(flag, action=BooleanOrSpace, metavar="SPEC", **kwargs)
+        elif typing.get_origin(hint) is list:
+            group.add_argument(flag, nargs="*", metavar="N", **kwargs)
+        else:
+            group.add_argument(flag, metavar="SPEC", **kwargs)
+
+
+def format_flag(name: str, value: Any) -> list[str]:
+    """One field's value as ``mlp-torch train`` reads it: ``["--lr", "0.01"]``, ``["--no-nesterov"]``,
+    ``["--hidden", "1024", "1024"]``, ``["--classes", "cat,dog"]``."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag] if value else ["--no-" + flag[2:]]
+    if name == "classes":
+        return [flag, ",".join(value)]
+    if isinstance(value, list):
+        return [flag, *map(str, value)]
+    return [flag, repr(value) if isinstance(value, float) else str(value)]

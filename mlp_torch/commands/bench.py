@@ -29,6 +29,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (same rows): under a minute on 2 CPU cores")
     parser.add_argument("--compile", action="store_true", help="also time every step under torch.compile")
     parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="instead: whole training epochs of the default cat/dog job against the GEMM limit and "
+        "scripts/plain_pytorch_baseline.py (the JPEGs in --data-root or ../shared/data/cifar10-jpg, "
+        "else synthetic images); --quick: 3 epochs, under two minutes",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="--end-to-end: epochs of each side (default 10, or 3 with --quick)"
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=None,
@@ -45,14 +55,22 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="samples per training step, one set of rows each; the data path uses the largest (default: 128 512)",
     )
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default 0; --end-to-end: the baseline tries 0 up to the CPU count "
+        "and keeps the fastest)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models, the batch and the data")
     add_json_argument(
         parser,
         '{"device", "torch", "threads", "clock", "steps": [{"ms", "ms_min", "ms_iqr", ...}], "gemm_efficiency", '
-        '"data": {...}}',
+        '"data": {...}}; with --end-to-end '
+        '{"end_to_end": {"epoch_seconds", "gemm_limit_epoch_seconds", "gemm_fraction", '
+        '"plain_pytorch_epoch_seconds", "vs_plain_pytorch", "accuracy", "plain_pytorch_accuracy", ...}}',
     )
     add_data_arguments(parser, dataset="synthetic")
     parser.set_defaults(func=run)
@@ -71,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         ("--batch-sizes", min(args.batch_sizes), 1),
         ("--workers", args.workers, 0),
         ("--threads", args.threads, 0),
+        ("--epochs", args.epochs, 1),
     ):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
@@ -78,12 +97,31 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     set_seed(args.seed)
+    if args.end_to_end:
+        return run_end_to_end(args, device)
     settings = BenchSettings.quick(args.compile) if args.quick else BenchSettings(compile=args.compile)
     settings.batch_sizes = tuple(dict.fromkeys(args.batch_sizes))  # in the order given, each once
     if args.rounds is not None:
         settings.rounds = {"softmax": 20 * args.rounds, "mlp": args.rounds}
     bundle = load_data(data_options_from_args(args, seed=args.seed))
-    report = run_benchmark(bundle, device, settings, workers=args.workers, seed=args.seed)
+    report = run_benchmark(bundle, device, settings, workers=args.workers or 0, seed=args.seed)
     print(format_report(report), file=report_stream(args.json))
+    write_json(args.json, report)
+    return 0
+
+
+def run_end_to_end(args: argparse.Namespace, device: Any) -> int:
+    from ..training.bench_end_to_end import EndToEndSettings, format_end_to_end
+    from ..training.bench_end_to_end import run_end_to_end as measure
+
+    settings = EndToEndSettings.quick() if args.quick else EndToEndSettings()
+    if args.epochs is not None:
+        settings.epochs = args.epochs
+    settings.synthetic_train_per_class = args.synthetic_train_per_class
+    settings.synthetic_test_per_class = args.synthetic_test_per_class
+    settings.synthetic_image_size = args.image_size
+    settings.baseline_workers = None if args.workers is None else [args.workers]
+    report = measure(args.data_root, device, settings, seed=args.seed)
+    print(format_end_to_end(report), file=report_stream(args.json))
     write_json(args.json, report)
     return 0

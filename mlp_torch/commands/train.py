@@ -12,7 +12,16 @@ from typing import Any
 from ..data.saved import LOCATION_KEYS, data_options_from_saved, location_overrides
 from ..training.config import TrainConfig
 from ._common import INTERRUPTED_EXIT, HelpFormatter
-from ._flags import MODEL_FIELDS, add_data_arguments, add_fields, add_model_arguments, data_options_from_args, values
+from ._flags import (
+    DATA_FIELDS,
+    MODEL_FIELDS,
+    add_data_arguments,
+    add_fields,
+    add_model_arguments,
+    data_options_from_args,
+    format_flag,
+    values,
+)
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
 RESUMABLE = ("epochs", "device", "progress")
@@ -113,3 +122,37 @@ def run_train(args: argparse.Namespace) -> int:
         # 128 + the signal's number, as a shell reports a program the signal stopped (SIGTERM: 143)
         return 128 + signal.Signals[metrics["signal"]].value if metrics.get("signal") else INTERRUPTED_EXIT
     return 0
+
+
+def train_flags(config: TrainConfig) -> list[str]:
+    """The flags of ``mlp-torch train`` that build ``config`` (``config_from_args`` of them gives it back).
+
+    A field at its default is left out; so are ``--lr`` at the model's default rate, augmentation at
+    the dataset's default, and what a command line cannot say (``--runs-dir``, ``--name``, ``--progress``
+    are left to the reader).
+    """
+    from ..data import DataOptions
+    from ..training.config import default_lr
+
+    flags: list[str] = []
+    plain, plain_data, dataset_default = TrainConfig(), DataOptions(), DataOptions(dataset=config.data.dataset)
+    for name in MODEL_FIELDS:
+        if getattr(config, name) != getattr(plain, name):
+            flags += format_flag(name, getattr(config, name))
+    for name in DATA_FIELDS:
+        value = getattr(config.data, name)
+        if value != getattr(dataset_default if name.startswith("augment_") else plain_data, name):
+            flags += format_flag(name, value)
+    for name in (*OPTIMISATION_FIELDS, *RUN_FIELDS):
+        value = getattr(config, name)
+        default = default_lr(config.model, config.hidden) if name == "lr" else getattr(plain, name)
+        if name not in ("runs_dir", "name", "progress") and value != default:
+            flags += format_flag(name, value)
+    return flags
+
+
+def train_command(config: TrainConfig) -> str:
+    """``mlp-torch train …`` for ``config``, quoted for a POSIX shell."""
+    import shlex
+
+    return shlex.join(["mlp-torch", "train", *train_flags(config)])

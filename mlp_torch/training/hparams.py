@@ -79,6 +79,8 @@ DATA_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
     "balance": _always,
     "augment_flip": _images,
     "augment_crop": _images,
+    "whiten": _always,
+    "zca_eps": lambda c: c.data.whiten == "zca",
     "seed": lambda c: c.data.seed != c.seed,  # as "data_seed", when it is not the run's seed
     "synthetic_train_per_class": lambda c: c.data.dataset == "synthetic",
     "synthetic_test_per_class": lambda c: c.data.dataset == "synthetic",

@@ -35,19 +35,29 @@ class StepStats:
 
     @classmethod
     def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
-        grad_sq = [
-            sum(p.grad.double().square().sum() for p in layer.parameters() if p.grad is not None)
-            for layer in model.layers
-        ]
         values = torch.stack(
             [
                 loss.double(),
                 (logits.argmax(1) == y).sum().double(),
-                *[torch.as_tensor(s, dtype=torch.float64, device=loss.device) for s in grad_sq],
+                *[layer_grad_sq(layer, torch.float32, loss.device) for layer in model.layers],
             ]
         )
         loss_value, correct, *layer_sq = values.tolist()  # the one sync
+        # g² overflows float32 beyond |g| ≈ 1.8e19: where a norm came out inf, measure it again in float64
+        # (a second sync, only then), so that only a gradient that truly is inf or NaN reads as one
+        layer_sq = [
+            sq if math.isfinite(sq) else layer_grad_sq(layer, torch.float64, loss.device).item()
+            for sq, layer in zip(layer_sq, model.layers)
+        ]
         return cls(loss_value, int(correct), len(y), layer_sq)
+
+
+def layer_grad_sq(layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``‖∂ℓ/∂θ‖²`` over a layer's parameters (float64), the norms accumulated in ``dtype``."""
+    norms = [torch.linalg.vector_norm(p.grad, dtype=dtype) for p in layer.parameters() if p.grad is not None]
+    if not norms:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack(norms).double().square().sum()
 
 
 @dataclass

@@ -1,0 +1,293 @@
+"""``mlp-torch bench --end-to-end``: whole training epochs, against the GEMM limit and a plain-PyTorch script.
+
+Three numbers, measured in one run on the same images and threads:
+
+* ``epoch_seconds``: the median wall time of one epoch of ``mlp-torch train``'s default job (the
+  3072-512-2 sigmoid MLP, SGD, batch 128) on cat/dog, everything included: batching and
+  augmentation, the steps, validation, TensorBoard, checkpoints (from one epoch's end to the next);
+* ``gemm_limit_epoch_seconds``: what the epoch's matrix products alone take, from the model's
+  FLOPs at the rate of bare ``torch.mm`` on the step's own GEMM shapes, timed before and after the
+  training. Per training image and layer ``in → out``: ``2·in·out`` for the forward ``x Wᵀ``, as
+  many for ``dW = daᵀ x`` and, above the first layer, for ``dx = da W``; per validation image the
+  forward. ``gemm_fraction`` = limit / measured: 1.0 would mean nothing but GEMMs;
+* ``plain_pytorch_epoch_seconds``: the same job written as an idiomatic script
+  (``scripts/plain_pytorch_baseline.py``: ImageFolder + DataLoader + torchvision transforms +
+  ``nn.Sequential``, at the best DataLoader worker count it finds), run as its own process.
+  ``vs_plain_pytorch`` = ours / theirs: below 1 we are faster.
+
+The images are the real CIFAR-10 JPEGs when ``--data-root`` (or ``../shared/data/cifar10-jpg``)
+holds ``train/`` and ``test/`` folders of the two classes, else synthetic images of the same
+shape, written as PNG files for both sides to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DataOptions, load_data
+from ..errors import MlpTorchError, UsageError
+from .callbacks import ConsoleOutput, default_callbacks
+from .config import TrainConfig
+from .loop import Callback, CallbackList
+from .state import TrainState
+from .trainer import fit, start_run
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINE_SCRIPT = REPO / "scripts" / "plain_pytorch_baseline.py"
+# where the real JPEGs are looked for after --data-root: beside the checkout, as on the team's machines
+SHARED_JPEGS = (Path("..") / "shared" / "data" / "cifar10-jpg", REPO.parent / "shared" / "data" / "cifar10-jpg")
+CLASSES = ("cat", "dog")
+
+
+@dataclass
+class EndToEndSettings:
+    """What to run; ``quick`` is a few epochs (under two minutes on 2 CPU cores with the real JPEGs)."""
+
+    epochs: int = 10
+    gemm_rounds: int = 20
+    batch_size: int = 128
+    synthetic_train_per_class: int = 1000  # without the JPEGs: synthetic 32x32 images of two classes
+    synthetic_test_per_class: int = 200
+    synthetic_image_size: int = 32
+    baseline_workers: list[int] | None = None  # None: the script tries 0 .. CPU count
+    probe_batches: int = 20
+
+    @classmethod
+    def quick(cls) -> EndToEndSettings:
+        return cls(epochs=3, gemm_rounds=10)
+
+
+class EpochTimer(Callback):
+    """Wall seconds of each whole epoch: from the previous epoch's end (or the start) to this one's."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.last = 0.0
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.last = time.perf_counter()
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        now = time.perf_counter()
+        self.seconds.append(now - self.last)
+        self.last = now
+
+
+@dataclass
+class GemmShapes:
+    """The matrix products of one training step of an MLP ``sizes[0] → … → sizes[-1]`` at ``batch``."""
+
+    sizes: list[int]
+    batch: int
+    shapes: list[tuple[int, int, int]] = field(init=False)  # (m, k, n) of each m×k @ k×n
+
+    def __post_init__(self) -> None:
+        b = self.batch
+        self.shapes = []
+        for layer, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:])):
+            self.shapes.append((b, n_in, n_out))  # a = x Wᵀ          B,in @ in,out
+            self.shapes.append((n_out, b, n_in))  # dW = daᵀ x        out,B @ B,in
+            if layer > 0:
+                self.shapes.append((b, n_out, n_in))  # dx = da W     B,out @ out,in
+
+    def train_flops_per_image(self) -> int:
+        return sum(2 * m * k * n for m, k, n in self.shapes) // self.batch
+
+    def forward_flops_per_image(self) -> int:
+        return sum(2 * n_in * n_out for n_in, n_out in zip(self.sizes, self.sizes[1:]))
+
+    def mm_rate(self, rounds: int, device: torch.device) -> list[float]:
+        """FLOP/s of bare ``torch.mm`` on these shapes, one figure per round (after one warm-up)."""
+        operands = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device)) for m, k, n in self.shapes]
+        flops = sum(2 * m * k * n for m, k, n in self.shapes)
+        rates = []
+        for r in range(rounds + 1):
+            synchronize(device)
+            started = time.perf_counter()
+            for a, b in operands:
+                torch.mm(a, b)
+            synchronize(device)
+            if r:
+                rates.append(flops / (time.perf_counter() - started))
+        return rates
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``None`` where the system has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def find_images(data_root: Path) -> Path | None:
+    """The first of ``data_root``, ``../shared/data/cifar10-jpg`` that holds cat and dog train and test folders."""
+    for root in (Path(data_root), *SHARED_JPEGS):
+        if all((root / split / name).is_dir() for split in ("train", "test") for name in CLASSES):
+            return root.resolve()
+    return None
+
+
+def write_synthetic_folder(folder: Path, settings: EndToEndSettings, seed: int) -> Path:
+    """Our synthetic CIFAR-shaped images as PNG files ``folder/{train,test}/{cat,dog}/N.png``."""
+    from PIL import Image
+
+    options = DataOptions(
+        dataset="synthetic",
+        classes=list(CLASSES),
+        val_fraction=0.0,
+        cache=False,
+        seed=seed,
+        image_size=settings.synthetic_image_size,
+        synthetic_train_per_class=settings.synthetic_train_per_class,
+        synthetic_test_per_class=settings.synthetic_test_per_class,
+    )
+    bundle = load_data(options)
+    for split_name, split in (("train", bundle.train), ("test", bundle.test)):
+        for name in CLASSES:
+            (folder / split_name / name).mkdir(parents=True, exist_ok=True)
+        pixels = split.x.permute(0, 2, 3, 1).numpy()  # N,H,W,3
+        for i, (image, label) in enumerate(zip(pixels, split.y.tolist())):
+            Image.fromarray(image).save(folder / split_name / CLASSES[label] / f"{i:05d}.png")
+    return folder
+
+
+def train_ours(
+    runs_dir: Path, data: DataOptions, settings: EndToEndSettings, device: str, seed: int
+) -> tuple[list[float], dict[str, Any], TrainState]:
+    """``mlp-torch train``'s default job on ``data``, its per-epoch wall times and final metrics."""
+    config = TrainConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        seed=seed,
+        device=device,
+        runs_dir=runs_dir,
+        progress=False,
+        data=data,
+    )
+    timer = EpochTimer()
+    with start_run(config) as state:
+        # every callback of a run but the console lines: the bench prints its own report
+        callbacks = [c for c in default_callbacks(state) if not isinstance(c, ConsoleOutput)]
+        metrics = fit(state, CallbackList([*callbacks, timer]))
+    return timer.seconds, metrics, state
+
+
+def run_baseline(
+    root: Path, settings: EndToEndSettings, device: torch.device, seed: int, threads: int
+) -> dict[str, Any]:
+    """``scripts/plain_pytorch_baseline.py`` in its own process; its JSON result."""
+    if not BASELINE_SCRIPT.is_file():
+        raise UsageError(
+            f"the plain-PyTorch baseline {BASELINE_SCRIPT} is not here (an installed copy without the "
+            "repository's scripts/): run the bench from a checkout of mlp_torch"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        command = [
+            sys.executable,
+            str(BASELINE_SCRIPT),
+            f"--data-root={root}",
+            f"--classes={','.join(CLASSES)}",
+            f"--epochs={settings.epochs}",
+            f"--batch-size={settings.batch_size}",
+            f"--probe-batches={settings.probe_batches}",
+            f"--threads={threads}",
+            f"--device={device.type}",
+            f"--seed={seed}",
+            f"--json={out}",
+        ]
+        if settings.baseline_workers is not None:
+            command += ["--workers", *map(str, settings.baseline_workers)]
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
+            raise MlpTorchError(f"the plain-PyTorch baseline failed (exit {done.returncode}): {tail[0]}")
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
+def image_root(data_root: Path, settings: EndToEndSettings, seed: int, scratch: Path) -> tuple[Path, bool]:
+    """The folder both sides read, and whether it holds the real JPEGs (else synthetic PNGs written to ``scratch``)."""
+    found = find_images(data_root)
+    if found is not None:
+        return found, True
+    return write_synthetic_folder(scratch / "images", settings, seed), False
+
+
+def run_end_to_end(data_root: Path, device: torch.device, settings: EndToEndSettings, seed: int = 0) -> dict[str, Any]:
+    """Measure ours, the GEMM limit and the plain-PyTorch script; the report ``--json`` writes."""
+    threads = torch.get_num_threads()
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="mlp-torch-bench-") as tmp:
+        scratch = Path(tmp)
+        root, real = image_root(data_root, settings, seed, scratch)
+        data = DataOptions(dataset="folder", data_root=root, classes=list(CLASSES))
+        if not real:  # the synthetic images at their size, decoded into the scratch folder
+            data = dataclasses.replace(data, image_size=settings.synthetic_image_size, cache_dir=scratch)
+        seconds, metrics, state = train_ours(scratch / "runs", data, settings, str(device), seed)
+        sizes = [state.data.in_features, *state.config.hidden, state.data.num_classes]
+        gemms = GemmShapes(sizes, settings.batch_size)
+        rates = gemms.mm_rate(settings.gemm_rounds, device)
+        n_train, n_val = len(state.data.train), len(state.data.val)
+        baseline = run_baseline(root, settings, device, seed, threads)
+        rates += gemms.mm_rate(settings.gemm_rounds, device)
+    rate = statistics.median(rates)
+    epoch_flops = n_train * gemms.train_flops_per_image() + n_val * gemms.forward_flops_per_image()
+    limit = epoch_flops / rate
+    epoch = statistics.median(seconds)
+    plain = float(baseline["epoch_seconds"])
+    return {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": threads,
+        "load_average": {"before": load_before, "after": load_average()},  # a shared machine's noise
+        "images": f"JPEG images from {root}" if real else "synthetic PNG images",
+        "end_to_end": {
+            "epochs": settings.epochs,
+            "train_images": n_train,
+            "val_images": n_val,
+            "epoch_seconds": epoch,
+            "epoch_seconds_each": seconds,
+            "gemm_gflops_per_second": rate / 1e9,
+            "gemm_limit_epoch_seconds": limit,
+            "gemm_fraction": limit / epoch,
+            "plain_pytorch_epoch_seconds": plain,
+            "plain_pytorch_epoch_seconds_each": baseline["epoch_seconds_each"],
+            "plain_pytorch_workers": baseline["workers"],
+            "vs_plain_pytorch": epoch / plain,
+            "accuracy": metrics["test_accuracy"],
+            "plain_pytorch_accuracy": baseline["accuracy"],
+        },
+    }
+
+
+def format_end_to_end(report: dict[str, Any]) -> str:
+    """The report as a few lines for the terminal."""
+    e = report["end_to_end"]
+    return "\n".join(
+        [
+            f"end to end: {e['epochs']} epochs of the default MLP on {e['train_images']} {report['images']}, "
+            f"{report['device']}, {report['threads']} thread(s)",
+            f"  mlp-torch train          {e['epoch_seconds']:8.3f} s/epoch   test accuracy {100 * e['accuracy']:.2f} %",
+            f"  GEMM limit               {e['gemm_limit_epoch_seconds']:8.3f} s/epoch   "
+            f"({e['gemm_gflops_per_second']:.0f} GFLOP/s of torch.mm)   gemm_fraction {e['gemm_fraction']:.2f}",
+            f"  plain PyTorch script     {e['plain_pytorch_epoch_seconds']:8.3f} s/epoch   "
+            f"test accuracy {100 * e['plain_pytorch_accuracy']:.2f} %   ({e['plain_pytorch_workers']} workers)",
+            f"  vs_plain_pytorch         {e['vs_plain_pytorch']:8.3f}",
+        ]
+    )
