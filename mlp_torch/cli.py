@@ -9,6 +9,9 @@ stderr and their exit code (2 for bad input); no traceback is printed for them. 
 reaches the top (before training installs its own handler, or a second one during training)
 exits 130 with one line. Anything else is a bug and keeps its traceback.
 
+Under ``torchrun`` rank 0 speaks for the run: the other processes print an error only when it is
+theirs alone, that they lost contact with the others (:class:`mlp_torch.errors.LostContactError`).
+
 A reader that goes away (``mlp-torch eval RUN | head -3``) ends the command quietly with exit code
 141 (128 + SIGPIPE, what a shell reports for a program the broken pipe stopped); ``train`` keeps
 training instead and writes all its files, only its console lines are lost (see
@@ -25,8 +28,8 @@ from . import __version__
 from .commands import _common, bench, compare, data, gradcheck, plot, predict, sweep, train
 from .commands import eval as eval_command  # `eval` alone would hide the builtin
 from .commands._common import BROKEN_PIPE_EXIT, INTERRUPTED_EXIT, ArgumentParser, HelpFormatter
-from .errors import MlpTorchError
-from .utils import stdout_to_devnull
+from .errors import LostContactError, MlpTorchError
+from .utils import launched_rank, stdout_to_devnull
 
 # The order of `mlp-torch --help`.
 COMMANDS = (train, sweep, eval_command, predict, compare, gradcheck, data, plot, bench)
@@ -65,11 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stdout_to_devnull()  # so that the flush at exit does not fail a second time
         return BROKEN_PIPE_EXIT
     except MlpTorchError as err:
-        print(f"mlp-torch {args.command}: error: {err}", file=sys.stderr)
+        if launched_rank() == 0 or isinstance(err, LostContactError):
+            print(f"mlp-torch {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         # Checkpoints and caches are written atomically, so stopping anywhere leaves no half file.
-        print(f"\nmlp-torch {args.command}: aborted", file=sys.stderr)
+        if launched_rank() == 0:
+            print(f"\nmlp-torch {args.command}: aborted", file=sys.stderr)
         return INTERRUPTED_EXIT
 
 

@@ -53,3 +53,12 @@ class RunInUseError(MlpTorchError):
     """Another process is training the run directory that was asked for."""
 
     exit_code = 1
+
+
+class LostContactError(MlpTorchError):
+    """One of the processes training a run together (``torchrun``) stopped answering: it died, hung or was stopped.
+
+    Every other process says so itself (rank 0 speaks for the run on every other error).
+    """
+
+    exit_code = 1

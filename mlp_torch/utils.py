@@ -18,6 +18,7 @@ import torch
 from .errors import UsageError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # --dtype of train and compare
 
 
 def option(
@@ -107,6 +108,16 @@ def set_seed(seed: int) -> None:
     check_seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def launched_rank() -> int:
+    """This process's rank among those ``torchrun`` started (its ``RANK``); 0 when it runs alone.
+
+    With several processes, rank 0 speaks for the run: the others keep quiet on the console. A
+    ``RANK`` that is no rank of ``WORLD_SIZE`` also gives 0: that process must say what is wrong.
+    """
+    rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return int(rank) if rank.isdigit() and size.isdigit() and int(rank) < int(size) else 0
 
 
 def print_line(text: str) -> None:

@@ -3,13 +3,15 @@
 #
 # Runs from a checkout with the torch already installed there (PYTHONPATH=., nothing installed, no
 # network): the CUDA-parametrised tests (when pytest is there), a short training of each backend on
-# CUDA (synthetic data), `mlp-torch bench --json` and `bench --end-to-end --quick` on CUDA (the
+# CUDA (synthetic data) and of the custom one with --cuda-graphs (its steps/s beside the eager run's
+# in cuda_graphs.json), `mlp-torch bench --json` and `bench --end-to-end --quick` on CUDA (the
 # cat/dog JPEGs when ../shared/data/cifar10-jpg is there, else synthetic images). Each step has its
-# own time limit; a failing step is recorded and the others still run.
+# own time limit (together 450 s, so the whole check ends within 8 minutes); a failing step is
+# recorded and the others still run.
 #
-# Writes into DIR: gpu_check.log (everything printed), bench.json, end_to_end.json, runs/ and
-# gpu_check.json ({"torch", "gpu", "steps": {name: {"exit", "seconds"}}}). Exits 0 when every step
-# passed, 1 when one failed, 2 for bad usage or a machine without CUDA.
+# Writes into DIR: gpu_check.log (everything printed), bench.json, end_to_end.json, cuda_graphs.json,
+# runs/ and gpu_check.json ({"torch", "gpu", "steps": {name: {"exit", "seconds"}}}). Exits 0 when
+# every step passed, 1 when one failed, 2 for bad usage or a machine without CUDA.
 # PYTHON picks the interpreter (default python3).
 
 set -u -o pipefail
@@ -58,16 +60,35 @@ print("missing modules:", ", ".join(missing) or "none")
 EOF
 
 if "$PY" -c 'import pytest' 2>/dev/null; then
-    step cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests
+    step cuda_tests 110 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests
 else
     echo "=== cuda_tests: skipped, pytest is not installed" | tee -a "$LOG"
 fi
 for backend in builtin custom manual; do
-    step "train_$backend" 60 "$PY" -m mlp_torch train --dataset synthetic --device cuda --epochs 2 \
+    step "train_$backend" 40 "$PY" -m mlp_torch train --dataset synthetic --device cuda --epochs 2 \
         --backend "$backend" --runs-dir "$OUT/runs" --name "gpu-check-$backend" --no-progress
 done
-step bench 90 "$PY" -m mlp_torch bench --quick --device cuda --json "$OUT/bench.json"
-step end_to_end 120 "$PY" -m mlp_torch bench --end-to-end --quick --device cuda --json "$OUT/end_to_end.json"
+# --cuda-graphs beside train_custom (the same job): steps/s of both, from their second epoch
+step train_custom_cuda_graphs 40 "$PY" -m mlp_torch train --dataset synthetic --device cuda --epochs 2 \
+    --backend custom --cuda-graphs --runs-dir "$OUT/runs" --name gpu-check-custom-cuda-graphs --no-progress
+step cuda_graphs_vs_eager 15 "$PY" - "$OUT/runs" "$OUT/cuda_graphs.json" <<'EOF'
+import json, sys
+from pathlib import Path
+
+summary = {}
+for name in ("gpu-check-custom", "gpu-check-custom-cuda-graphs"):
+    run = sorted(Path(sys.argv[1]).glob(f"{name}_*"))[-1]  # the latest run of that name
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    info = json.loads((run / "config.json").read_text())
+    steps = -(-sum(info["data"]["counts"]["train"].values()) // info["config"]["batch_size"])
+    seconds = history[1]["seconds"] - history[0]["seconds"]  # the second epoch's training, the capture done
+    loss = history[-1]["train_loss"]
+    summary[name] = {"epoch_seconds": seconds, "steps_per_second": steps / seconds, "train_loss": loss}
+    print(f"{name}: {steps} steps in {seconds:.3f} s ({steps / seconds:.0f} steps/s), train loss {loss:.6f}")
+Path(sys.argv[2]).write_text(json.dumps(summary, indent=2))
+EOF
+step bench 75 "$PY" -m mlp_torch bench --quick --device cuda --json "$OUT/bench.json"
+step end_to_end 90 "$PY" -m mlp_torch bench --end-to-end --quick --device cuda --json "$OUT/end_to_end.json"
 
 "$PY" - "$OUT/gpu_check.json" "{$STEPS}" <<'EOF'
 import json, sys, torch

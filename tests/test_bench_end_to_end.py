@@ -139,3 +139,13 @@ def test_a_failing_baseline_is_one_error_line_with_its_reason(tmp_path, monkeypa
     monkeypatch.setattr(bench_end_to_end, "BASELINE_SCRIPT", tmp_path / "missing.py")
     with pytest.raises(UsageError, match="run the bench from a checkout"):
         bench_end_to_end.run_baseline(tmp_path, settings, torch.device("cpu"), seed=0, threads=1)
+
+
+def test_gpu_check_steps_fit_in_eight_minutes():
+    """Every step's own time limit, summed (the per-backend step runs once per backend), leaves room in 8 minutes."""
+    total = 0
+    for line in (REPO / "scripts" / "gpu_check.sh").read_text().splitlines():
+        words = line.split()
+        if len(words) > 2 and words[0] == "step" and words[2].isdigit():
+            total += int(words[2]) * (3 if "$backend" in words[1] else 1)
+    assert 300 < total <= 8 * 60 - 20, f"the steps' limits add up to {total} s"

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from mlp_torch.cli import main
 from mlp_torch.data import DataOptions
 from mlp_torch.data.targets import mixup, smooth_labels
+from mlp_torch.errors import UsageError
 from mlp_torch.models import MLP, LinearSoftmax
-from mlp_torch.training import TrainConfig, load_checkpoint, load_run_config, train
+from mlp_torch.training import TrainConfig, load_checkpoint, load_run_config, train, trainer
+from mlp_torch.training.distributed import World
 
 
 def soft_batch(n: int = 16, d: int = 10, c: int = 4, eps: float = 0.1, alpha: float = 0.4, seed: int = 0):
@@ -140,6 +142,14 @@ def test_a_mixup_run_resumes_bit_for_bit(tmp_path):
     assert (saved.label_smoothing, saved.mixup) == (0.1, 0.4), "config.json keeps both"
     resumed = final_state(train(saved, resume=run_dir))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.parametrize("soft", [dict(label_smoothing=0.1), dict(mixup=0.2)])
+def test_soft_targets_are_refused_under_torchrun(soft):
+    # the all-reduce weighs each process's rows by their labels; mixup's draws would part the generators
+    with pytest.raises(UsageError, match="train in one process, not 2 under torchrun"):
+        trainer.check_soft_targets(TrainConfig(**soft), World(rank=1, size=2))
+    trainer.check_soft_targets(TrainConfig(**soft), World())  # one process: allowed
 
 
 @pytest.mark.parametrize(

@@ -311,29 +311,7 @@ def test_resume_in_the_middle_of_an_epoch_is_bitwise_exact(tmp_path):
 
 def test_cli_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     runs = tmp_path / "runs"
-    args = [
-        "train",
-        "--dataset",
-        "synthetic",
-        "--image-size",
-        "8",
-        "--no-cache",
-        "--hidden",
-        "8",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "256",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--histogram-every",
-        "0",
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "cli-resume",
-    ]
+    args = cli_args(runs, "--histogram-every", "0", "--name", "cli-resume")
     with monkeypatch.context() as patch:
         signal_during_step(patch, 13)  # 2,700 training images in batches of 256: 11 steps per epoch
         assert main(args) == 130
@@ -589,3 +567,15 @@ def test_a_run_made_with_relative_paths_is_evaluated_from_another_folder(tmp_pat
     assert saved["runs_dir"] == str(work / "runs") and saved["data"]["data_root"] == str(work / "data")
     monkeypatch.chdir(tmp_path)
     assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
+
+
+def test_float64_trains_saves_evaluates_and_predicts_in_float64(tmp_path):
+    metrics = train(tiny_config(tmp_path, epochs=1, dtype="float64", histogram_every=0, check_grads_every=2))
+    run_dir = Path(metrics["run_dir"])
+    saved = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model_state"]
+    assert all(t.dtype == torch.float64 for t in saved.values())  # float32 inputs would not even multiply
+    loaded = load_model(run_dir, torch.device("cpu"))
+    assert next(loaded.model.parameters()).dtype == torch.float64
+    test = load_data(tiny_data(seed=0)).test
+    result = evaluate(loaded.model, test.x, test.y, loaded.standardizer)
+    assert result.accuracy == metrics["test_accuracy"] and result.loss == metrics["test_loss"]

@@ -8,11 +8,10 @@ from typing import Any
 
 import torch
 
+from ..utils import DTYPES
 from ._common import HelpFormatter
 from ._flags import add_data_arguments, add_model_arguments, data_options_from_args, model_kwargs_from_args
 from .json_output import add_json_argument, report_stream, write_json
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def register(subparsers: Any) -> None:

@@ -24,7 +24,7 @@ from ._flags import (
 )
 
 # Only these may change when a run is resumed; everything else comes from its config.json.
-RESUMABLE = ("epochs", "device", "progress")
+RESUMABLE = ("epochs", "device", "cuda_graphs", "progress", "dist_timeout")
 # Where the data are and come from: never taken from config.json on --resume (a resume never downloads).
 DATA_LOCATIONS = ("data_root", "cache_dir", "cache", *LOCATION_KEYS)
 
@@ -77,8 +77,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="RUN_DIR",
         help="continue RUN_DIR from checkpoints/last.pt with its own config.json "
-        f"(only {', '.join('--' + k for k in RESUMABLE)} may change; --data-root and --cache-dir say where "
-        "the data are now; nothing is downloaded)",
+        f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change; --data-root and "
+        "--cache-dir say where the data are now; nothing is downloaded)",
     )
     parser.set_defaults(func=run_train)
 
@@ -92,7 +92,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..training import load_run_config, train
-    from ..utils import print_line
+    from ..utils import launched_rank, print_line
+
+    speaks = launched_rank() == 0  # under torchrun, rank 0 speaks for the run
 
     if args.resume is None:
         config = config_from_args(args)
@@ -100,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = load_run_config(args.resume)
         ignored = sorted(args.typed - set(RESUMABLE) - set(DATA_LOCATIONS) - {"resume"})
-        if ignored:
+        if ignored and speaks:
             print(
                 "mlp-torch train: note: with --resume the run's config.json decides; ignoring "
                 + ", ".join("--" + k.replace("_", "-") for k in ignored),
@@ -115,10 +117,11 @@ def run_train(args: argparse.Namespace) -> int:
         metrics = train(config, resume=args.resume)
     if metrics["status"] == "interrupted":
         run_dir = Path(metrics["run_dir"])
-        print_line(
-            f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
-            f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}"
-        )
+        if speaks:
+            print_line(
+                f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
+                f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}"
+            )
         # 128 + the signal's number, as a shell reports a program the signal stopped (SIGTERM: 143)
         return 128 + signal.Signals[metrics["signal"]].value if metrics.get("signal") else INTERRUPTED_EXIT
     return 0

@@ -4,6 +4,10 @@ Each epoch draws one permutation (or, for ``--balance sample``, one class-balanc
 draw) on the device, then slices it. Augmentation runs on the uint8 batch before it is flattened
 and standardised. All randomness comes from the ``torch.Generator`` passed in, so the trainer can
 save and restore its state and resume bit for bit.
+
+With several processes (``torchrun``), each holds the same generator and keeps its ``shard`` of
+every batch: the order and the augmentation are drawn for the whole batch on every process alike
+and only then cut, so N processes train on exactly the images, flips and crops of one.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
 
 
 class DeviceBatches:
-    """Iterate ``(xb float32 (B, D) standardised, yb int64 (B,))`` over tensors on one device.
+    """Iterate ``(xb (B, D) standardised, yb int64 (B,))`` over tensors on one device.
 
     Args:
         x: uint8 images (N, 3, H, W), D = 3·H·W, or float points (N, D), on the device.
@@ -71,6 +75,10 @@ class DeviceBatches:
         sample_weights: per-class weights (C,) for balanced sampling: each epoch draws N indices with
             replacement, index i with probability ∝ ``sample_weights[y[i]]``.
         drop_last: drop the last, smaller batch.
+        dtype: the floating-point type the batches are standardised into.
+        shard: ``(rank, world_size)``: keep only this process's rows of every batch
+            (``torch.tensor_split``'s: contiguous, the first ``B mod world_size`` one row more); the
+            draws are made for the whole batch all the same.
     """
 
     def __init__(
@@ -85,6 +93,8 @@ class DeviceBatches:
         augment_crop: int = 0,
         sample_weights: torch.Tensor | None = None,
         drop_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} images but y has {len(y)} labels")
@@ -94,6 +104,8 @@ class DeviceBatches:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if (augment_flip or augment_crop) and x.dim() != 4:
             raise ValueError(f"flips and crops augment images (N, C, H, W); these samples are {tuple(x.shape[1:])}")
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
         if generator is None:
             generator = torch.Generator(x.device).manual_seed(0)
         if generator.device.type != x.device.type:
@@ -106,6 +118,8 @@ class DeviceBatches:
         self.augment_flip = augment_flip
         self.augment_crop = augment_crop
         self.drop_last = drop_last
+        self.dtype = dtype
+        self.shard = shard
         self.per_sample = None if sample_weights is None else sample_weights.to(x.device, torch.float32)[y]
 
     def __len__(self) -> int:
@@ -120,7 +134,10 @@ class DeviceBatches:
         """Batch ``i`` of an epoch whose order came from :meth:`epoch_order`, augmented and standardised.
 
         Iterating yields exactly ``batch(order, 0), batch(order, 1), …``; the trainer calls these
-        two directly so that it can stop after any batch and resume at the next one.
+        two directly so that it can stop after any batch and resume at the next one. With a
+        ``shard``, this process's rows of it: the whole batch is drawn and augmented (uint8, cheap
+        beside a step), so that every process's generator makes the same draws, and only its rows
+        are standardised.
         """
         idx = order[i * self.batch_size : (i + 1) * self.batch_size]
         xb = self.x[idx]
@@ -128,7 +145,9 @@ class DeviceBatches:
             xb = random_crop(xb, self.augment_crop, self.generator)
         if self.augment_flip:
             xb = random_flip(xb, self.generator)
-        return self.standardizer(xb), self.y[idx]
+        rank, world_size = self.shard
+        xb, yb = xb.tensor_split(world_size)[rank], self.y[idx].tensor_split(world_size)[rank]
+        return self.standardizer(xb, self.dtype), yb
 
     def _order(self) -> torch.Tensor:
         n = len(self.x)

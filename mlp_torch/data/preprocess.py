@@ -21,7 +21,7 @@ MIN_STD_FLOAT = 1e-6  # float features (2-D points): only guards against dividin
 
 
 class Standardizer:
-    """``std(x) -> float32 (B, D)``: flatten, subtract the train mean, divide by the train std.
+    """``std(x) -> (B, D)``: flatten, subtract the train mean, divide by the train std (float32, or ``dtype``).
 
     ``x`` is uint8 images (B, 3, H, W), D = 3·H·W, or float points (B, D).
     """
@@ -71,13 +71,13 @@ class Standardizer:
     def to(self, device: torch.device | str) -> Standardizer:
         return Standardizer(self.mean.to(device), self.std.to(device))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(len(x), -1)
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        flat = x.flatten(1)  # B,D, also for B = 0 (a process's share of a batch may be empty)
         if flat.shape[1] != self.in_features:
             raise ValueError(f"inputs have {flat.shape[1]} features, the standardiser was fitted on {self.in_features}")
         if self.mean.device != flat.device:
             self.mean, self.std = self.mean.to(flat.device), self.std.to(flat.device)
-        return (flat.to(torch.float32) - self.mean) / self.std
+        return (flat.to(dtype) - self.mean.to(dtype)) / self.std.to(dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.detach().cpu(), "std": self.std.detach().cpu()}
@@ -104,7 +104,7 @@ RANK_CUTOFF = 50
 
 
 class Whitener:
-    """``white(x) -> float32 (B, D)``: standardise (:class:`Standardizer`), then ZCA-whiten.
+    """``white(x) -> (B, D)``: standardise (:class:`Standardizer`), then ZCA-whiten (float32, or ``dtype``).
 
     Σ = U Λ Uᵀ is the covariance of the standardised training pixels z (mean 0). ZCA whitening
     rotates z onto the principal directions, rescales each by its regularised inverse standard
@@ -188,12 +188,13 @@ class Whitener:
     def to(self, device: torch.device | str) -> Whitener:
         return Whitener(self.standardizer.to(device), self.basis.to(device), self.gains.to(device), self.scale)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.standardizer(x)  # B,D
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        z = self.standardizer(x, dtype)  # B,D
         if self.basis.device != z.device:
             self.basis, self.gains = self.basis.to(z.device), self.gains.to(z.device)
+        basis, gains = self.basis.to(dtype), self.gains.to(dtype)
         # x̂ = c z + U_k diag(g) U_kᵀ z
-        return self.scale * z + ((z @ self.basis) * self.gains) @ self.basis.T  # B,D @ D,k -> B,k; @ k,D -> B,D
+        return self.scale * z + ((z @ basis) * gains) @ basis.T  # B,D @ D,k -> B,k; @ k,D -> B,D
 
     def images(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Whitened copies of images (N, C, H, W) as float32 (N, C, H, W): flips and crops then act on them."""

@@ -17,6 +17,11 @@ One dense layer and its loss, in the slides' notation (row-vector convention, ``
 
 Only what backward needs is cached: each layer's input and weight, and each activation's
 *output* (σ', tanh' and relu' are all functions of the output), never the pre-activation.
+
+Under ``torchrun`` each process runs this on its rows of the batch and the trainer then
+all-reduces ``.grad`` explicitly (:mod:`mlp_torch.training.distributed`): the whole batch's
+gradient is the mean of the processes' gradients, weighted by their rows, and the autograd hooks
+through which ``DistributedDataParallel`` averages would never fire here, as nothing here is autograd.
 """
 
 from __future__ import annotations

@@ -37,19 +37,34 @@ LAST_EVERY_SECONDS = 10.0  # the longest a run goes between two saves of last.pt
 
 
 class GracefulStop(Callback):
-    """Ctrl-C, SIGTERM or SIGHUP: finish the step, save ``last.pt``, stop. A second one aborts at once."""
+    """Ctrl-C, SIGTERM or SIGHUP: finish the step, save ``last.pt``, stop. A second one aborts at once.
 
-    def __init__(self) -> None:
+    With several processes (``before_step``) the request is taken before each step instead, and
+    the step's all-reduce makes it every process's (:func:`~mlp_torch.training.loop.all_reduce_step`):
+    a signal reaches each process at its own moment, or only one, and all must stop after the
+    same step. A signal during validation or saving then stops after the next epoch's first step.
+    """
+
+    def __init__(self, before_step: bool = False) -> None:
         self.interrupt = GracefulInterrupt()
+        self.before_step = before_step
 
     def on_train_start(self, state: TrainState) -> None:
         self.interrupt.install()
 
+    def on_step_start(self, state: TrainState) -> None:
+        if self.before_step:
+            self.take_request(state)
+
     def on_step_end(self, state: TrainState) -> None:
-        if self.interrupt.requested:
-            state.should_stop, state.signal = True, self.interrupt.signal_name
+        if not self.before_step:
+            self.take_request(state)
 
     on_epoch_end = on_step_end  # a signal during validation or saving stops before the next epoch
+
+    def take_request(self, state: TrainState) -> None:
+        if self.interrupt.requested:
+            state.should_stop, state.signal = True, self.interrupt.signal_name
 
     def on_train_end(self, state: TrainState) -> None:
         self.interrupt.restore()
@@ -372,11 +387,11 @@ def default_callbacks(state: TrainState, writers: bool = True) -> list[Callback]
 
     Args:
         state: the run, its directory made.
-        writers: also the ones that write the run's files.
+        writers: also the ones that write the run's files (under torchrun, rank 0's alone).
     """
     config = state.config
     show_bar = config.progress if config.progress is not None else sys.stderr.isatty()
-    callbacks: list[Callback] = [GracefulStop()]
+    callbacks: list[Callback] = [GracefulStop(before_step=state.world.size > 1)]
     if writers:
         log = RunLogger(state.run_dir)
         callbacks += [GradientCheck(log, config.check_grads_every), Checkpoints(), MetricsFile()]

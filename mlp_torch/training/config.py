@@ -20,7 +20,7 @@ from typing import Any
 from ..data import DataOptions
 from ..errors import UsageError
 from ..models import ACTIVATIONS, BACKENDS, MODEL_KINDS, OUTPUTS
-from ..utils import check_seed, option
+from ..utils import DTYPES, check_seed, option
 from .rundir import MAX_NAME_BYTES
 
 OPTIMIZERS = ("sgd", "adam")
@@ -103,7 +103,29 @@ class TrainConfig:
     )
     # bookkeeping
     seed: int = option(0, help="seeds initialisation, split, shuffling, augmentation")
-    device: str = option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    device: str = option(
+        "auto",
+        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; under torchrun each process takes "
+        "cuda:LOCAL_RANK (auto or cuda) or the cpu",
+    )
+    cuda_graphs: bool | None = option(
+        None,
+        help="CUDA, one process: replay each full batch's forward and backward from one CUDA graph; the optimizer "
+        "still steps eagerly, after the divergence check (default: off; it becomes the default on CUDA once "
+        "scripts/gpu_check.sh has passed on a GPU, which it has not yet)",
+    )
+    dtype: str = option(
+        "float32",
+        choices=tuple(DTYPES),
+        help="parameters, gradients and standardised inputs; float64 makes runs comparable to the last bits "
+        "(e.g. N processes against one)",
+    )
+    dist_timeout: float = option(
+        600.0,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others (a collective, rank 0 preparing the "
+        "data or saving) before it stops with an error; a process that dies is noticed at once",
+    )
     runs_dir: Path = option(Path("runs"), help="where run directories are created")
     name: str = option(
         "", help="run name, the start of the run's folder name (default: e.g. mlp512-sigmoid-custom-lr0.05-seed0)"
@@ -162,12 +184,14 @@ class TrainConfig:
             raise UsageError("--output sigmoid is for --model softmax or mlp; the perceptron's output is its step")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--schedule", self.schedule, SCHEDULES)
+        _choice("--dtype", self.dtype, tuple(DTYPES))
         if any(h < 1 for h in self.hidden):
             raise UsageError(f"--hidden sizes must be positive integers, got {' '.join(map(str, self.hidden))}")
         _positive("--lr", self.lr)
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)
         _positive("--step-size", self.step_size)
+        _positive("--dist-timeout", self.dist_timeout)
         if not 0.0 <= self.momentum < 1.0:
             raise UsageError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:

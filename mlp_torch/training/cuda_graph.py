@@ -1,23 +1,38 @@
-"""A training step captured once as a CUDA graph and replayed: the building block for ``--cuda-graphs``.
+"""``--cuda-graphs``: each full batch's forward and backward replayed from one CUDA graph.
 
-NOT YET RUN ON A GPU: written from PyTorch's recipe and tested on the CPU side only (its CUDA tests
-skip without a GPU). Run ``pytest tests/test_cuda_graph.py`` on a CUDA machine before relying on it.
+NOT YET RUN ON A GPU: written from PyTorch's recipe and tested on the CPU side only, against
+stand-ins for ``torch.cuda``'s streams and graphs (its CUDA tests skip without a GPU). Run
+``scripts/gpu_check.sh`` on a CUDA machine before relying on it.
 
 On a GPU a small MLP's step is launch-bound: a few dozen kernels of microseconds each, every one
 launched from Python. A CUDA graph records the kernels of one step once and replays them all with
 a single launch. PyTorch's recipe ("whole-network capture" in the ``torch.cuda.graphs`` notes):
 
 1. static inputs: each replay reads the same tensors, so a batch is copied into them;
-2. a few warm-up steps on a side stream, which create what the first step creates (the
-   optimizer's state, autograd's buffers) outside the capture;
-3. the capture of one step, starting from ``zero_grad(set_to_none=True)``: backward then
+2. a few warm-up runs on a side stream, which create what the first run creates (autograd's
+   buffers, cuBLAS's workspace) outside the capture;
+3. the capture of one run, starting from ``zero_grad(set_to_none=True)``: backward then
    allocates the gradients from the graph's memory pool, and every replay writes them afresh;
 4. replays.
 
-A captured step cannot read a tensor on the host (``.item()``, ``.tolist()``, a Python ``if`` on
-a value), change shape (an epoch's last, smaller batch takes the eager step), or see a new
-Python-float learning rate (give the optimizer a tensor ``lr`` and change it in place). The warm-up
-steps are real steps: they train on the batch given to the constructor.
+What the graph holds, and what it leaves to the loop: the capture is :func:`gradient_step` —
+``zero_grad``, the backend's forward and backward, and the step's numbers gathered into one tensor
+(:meth:`StepStats.gather`). The loop then reads those numbers (its one sync per step), checks that
+they are finite, and steps the optimizer and the schedule eagerly, exactly as without graphs:
+
+* the divergence check still comes before the optimizer steps, so a non-finite loss or gradient
+  leaves the parameters as the last good step left them. With the optimizer inside the graph the
+  update would already be done when the numbers arrive, and undoing it would take a copy of every
+  parameter and momentum buffer at every step;
+* the learning-rate schedule needs nothing: a capture bakes the Python numbers of the ops it
+  records into its kernels, so an optimizer captured with the scheduler's float ``lr`` would
+  replay the first step's ``lr`` for ever (it would need a device tensor updated in place, and
+  ``capturable`` optimizers). Stepped eagerly, the optimizer reads the scheduler's current ``lr``;
+  checkpoints, resume and Adam stay as they are.
+
+The price is the optimizer's few kernels per parameter, still launched from Python, and the
+batching (shuffling, augmentation, standardisation), which draws random numbers and stays eager
+too. A batch of another shape (an epoch's last, smaller one) runs the same step eagerly.
 """
 
 from __future__ import annotations
@@ -28,22 +43,34 @@ import torch
 from torch import Tensor
 
 from ..models.base import Classifier
+from .state import StepStats
 
-Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+Step = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
 
-__all__ = ["GraphedStep", "Step", "training_step"]
+__all__ = ["GraphedGradients", "GraphedStep", "Step", "eager_gradients", "gradient_step"]
 
 
-def training_step(model: Classifier, optimizer: torch.optim.Optimizer) -> Step:
-    """``(x, y) -> (loss, logits)``: ``zero_grad(set_to_none=True)``, the model's backend's gradients, ``step()``."""
+def gradient_step(model: Classifier, class_weight: Tensor | None = None) -> Step:
+    """``(x, y) -> (loss, logits, stats)``: ``zero_grad(set_to_none=True)``, the backend's gradients, and
+    :meth:`StepStats.gather` of them: one step up to the optimizer, with no sync (a graph can record it)."""
 
-    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        optimizer.zero_grad(set_to_none=True)
-        loss, logits = model.compute_gradients(x, y)
-        optimizer.step()
-        return loss, logits
+    def step(x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        model.zero_grad(set_to_none=True)
+        loss, logits = model.compute_gradients(x, y, class_weight=class_weight)
+        return loss, logits, StepStats.gather(model, loss, logits, y)
 
     return step
+
+
+def eager_gradients(model: Classifier, class_weight: Tensor | None = None) -> Callable[[Tensor, Tensor], StepStats]:
+    """``(x, y) -> StepStats``: :func:`gradient_step`, then its numbers read from the device."""
+    step = gradient_step(model, class_weight)
+
+    def gradients(x: Tensor, y: Tensor) -> StepStats:
+        *_, numbers = step(x, y)
+        return StepStats.read(numbers, model, len(y))
+
+    return gradients
 
 
 def _on_cuda(t: Tensor) -> bool:
@@ -54,10 +81,12 @@ class GraphedStep:
     """``step`` captured once on CUDA; calling the object copies a batch in and replays it.
 
     Args:
-        step: a training step such as :func:`training_step`'s, which reads only its arguments.
+        step: a function of a batch, such as :func:`gradient_step`'s, that reads only its arguments
+            and the tensors it closes over, and returns tensors.
         x: an example batch of inputs, on a CUDA device; every later batch must have its shape.
         y: the example batch's targets.
-        warmup: real steps run on ``(x, y)`` before the capture (at least 1).
+        warmup: runs of ``step`` on ``(x, y)`` before the capture (at least 1); a step that
+            updates parameters trains on ``(x, y)`` in each.
 
     Raises:
         ValueError: ``x`` or ``y`` not on CUDA, or ``warmup`` < 1.
@@ -68,7 +97,7 @@ class GraphedStep:
             device = x.device if not _on_cuda(x) else y.device
             raise ValueError(f"CUDA graphs capture CUDA work: x and y must be on a CUDA device, not {device}")
         if warmup < 1:
-            raise ValueError(f"warmup must be at least 1 (the first step allocates state), got {warmup}")
+            raise ValueError(f"warmup must be at least 1 (the first run allocates state), got {warmup}")
         self.x, self.y = x.clone(), y.clone()  # the static inputs that every replay reads
         capture_stream = torch.cuda.current_stream(x.device)
         side = torch.cuda.Stream(x.device)
@@ -79,10 +108,10 @@ class GraphedStep:
         capture_stream.wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.loss, self.logits = step(self.x, self.y)  # recorded, not run: the first replay runs it
+            self.outputs = step(self.x, self.y)  # recorded, not run: the first replay runs it
 
-    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """One step on ``(x, y)``; the returned loss and logits are overwritten by the next call."""
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        """``step(x, y)``, replayed; the returned tensors are overwritten by the next call."""
         if x.shape != self.x.shape or y.shape != self.y.shape:
             raise ValueError(
                 f"the graph was captured for x {tuple(self.x.shape)} and y {tuple(self.y.shape)}; got "
@@ -91,4 +120,39 @@ class GraphedStep:
         self.x.copy_(x, non_blocking=True)
         self.y.copy_(y, non_blocking=True)
         self.graph.replay()
-        return self.loss, self.logits
+        return self.outputs
+
+
+class GraphedGradients:
+    """``(x, y) -> StepStats`` as :func:`eager_gradients`, with every full batch replayed from one CUDA graph.
+
+    The graph is captured at the first batch of ``batch_size`` samples (its warm-up runs only
+    compute gradients, so they change nothing that the run keeps); smaller batches run eagerly.
+    After a replay each parameter's ``.grad`` is the graph's gradient again, whatever an eager
+    step or a callback assigned to it meanwhile: the optimizer reads the gradients just replayed.
+
+    Args:
+        model: on a CUDA device.
+        class_weight: the loss's class weights (``--balance weights``), or ``None``.
+        batch_size: the samples of a full batch.
+        warmup: :class:`GraphedStep`'s.
+    """
+
+    def __init__(self, model: Classifier, class_weight: Tensor | None, batch_size: int, warmup: int = 3) -> None:
+        self.model, self.params = model, list(model.parameters())
+        self.step = gradient_step(model, class_weight)
+        self.eager = eager_gradients(model, class_weight)
+        self.batch_size, self.warmup = batch_size, warmup
+        self.graphed: GraphedStep | None = None
+        self.grads: list[Tensor | None] = []
+
+    def __call__(self, x: Tensor, y: Tensor) -> StepStats:
+        if len(x) != self.batch_size:
+            return self.eager(x, y)
+        if self.graphed is None:
+            self.graphed = GraphedStep(self.step, x, y, self.warmup)
+            self.grads = [p.grad for p in self.params]  # allocated by the capture, rewritten by each replay
+        *_, numbers = self.graphed(x, y)
+        for p, grad in zip(self.params, self.grads):
+            p.grad = grad
+        return StepStats.read(numbers, self.model, len(y))

@@ -62,6 +62,7 @@ TRAIN_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
     "activation": _has_hidden,
     "output": _always,
     "backend": _always,
+    "dtype": _always,  # float64 trains other numbers than float32
     "epochs": _always,
     "batch_size": _always,
     "optimizer": _always,
@@ -94,10 +95,13 @@ DATA_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
     "noise": _planar,
     "arms": lambda c: c.data.dataset == "spiral",
 }
-# where files go, what is logged and shown, how the data are fetched: none changes what is trained
+# where the run goes and runs, what is logged and shown, how the data are fetched and the steps
+# launched: none changes what is trained
 NOT_HPARAMS = frozenset(
     {
         "device",
+        "cuda_graphs",
+        "dist_timeout",
         "runs_dir",
         "name",
         "check_grads_every",

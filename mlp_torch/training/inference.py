@@ -74,7 +74,8 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     ckpt = load_checkpoint(file, map_location=device)
     validate_checkpoint(ckpt, file)  # before build_model allocates anything the config claims
     try:
-        model = build_model(**ckpt["model_config"]).to(device)
+        dtype = next(t.dtype for t in ckpt["model_state"].values() if t.is_floating_point())  # --dtype of the run
+        model = build_model(**ckpt["model_config"]).to(device=device, dtype=dtype)
         model.load_state_dict(ckpt["model_state"])
         standardizer = preprocessor_from_state(ckpt["standardizer"], ckpt.get("whitener")).to(device)
     except (TypeError, KeyError, RuntimeError, ValueError) as err:
@@ -216,7 +217,7 @@ def _top_classes(loaded: LoadedModel, inputs: torch.Tensor, top: int) -> list[li
     """The ``top`` classes of each raw input and their softmax probabilities (for a sigmoid output
     ``[1 − σ(p), σ(p)]``, since its logits are ``[0, p]``), most likely first."""
     parameter = next(loaded.model.parameters())
-    x = loaded.standardizer(inputs.to(parameter.device)).to(parameter.dtype)
+    x = loaded.standardizer(inputs.to(parameter.device), parameter.dtype)
     probs = torch.softmax(loaded.model(x), dim=1)  # B,C
     k = min(top, probs.shape[1])
     values, indices = probs.topk(k, dim=1)

@@ -1,8 +1,10 @@
 """The training loop, as pytorch/examples' mnist ``train()`` reads, with callbacks around it.
 
 For each batch: zero the gradients, compute them with the model's backend, check that they are
-finite, step the optimizer and the schedule. Around that, callbacks (:class:`Callback`) do
-everything else, each on the events it needs, in the order of their list:
+finite, step the optimizer and the schedule. With ``--cuda-graphs`` the first two are replayed
+from a CUDA graph for every full batch (:mod:`mlp_torch.training.cuda_graph`, one process only);
+the rest is the same. Around that, callbacks (:class:`Callback`) do everything else, each on the events it needs,
+in the order of their list:
 
     on_train_start
         on_epoch_start
@@ -13,19 +15,28 @@ everything else, each on the events it needs, in the order of their list:
 
 A callback stops the run by setting ``state.should_stop``: the step under way finishes, ``last.pt``
 is saved with the position inside the epoch, and the run ends ``interrupted``.
+
+With several processes (``torchrun``, :mod:`mlp_torch.training.distributed`) each computes the
+gradient of its rows of the batch (``state.batch``), and :func:`all_reduce_step` makes every
+``.grad`` the whole batch's before the optimizer steps; every number callbacks read is then the
+same on every process. A stop asked for before the step's all-reduce is every process's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import signal
+from collections.abc import Callable, Iterable
 
+import torch
 from torch import Tensor
 
 from ..data.targets import mixup, smooth_labels
 from ..errors import DivergenceError
-from .evaluation import evaluate
-from .state import EpochProgress, StepStats, TrainState
+from .cuda_graph import GraphedGradients, eager_gradients
+from .distributed import evaluate_sharded
+from .interrupt import SIGNALS
+from .state import EpochProgress, StepStats, TrainState, finite_grad_sq, layers_grad_sq
 
 
 class Callback:
@@ -34,6 +45,11 @@ class Callback:
     They read the :class:`TrainState` and write only ``state.should_stop`` (and ``state.signal``).
     ``on_failure`` runs instead of ``on_train_end`` when anything raises, the error then goes on
     up; it must not raise itself.
+
+    With several processes each runs its own callbacks (the file writers on rank 0 only), on the
+    same numbers: a stop decided from them is decided alike everywhere. A stop from anything a
+    process sees alone (a signal) must be asked for in ``on_step_start``, before the step's
+    all-reduce shares it (as :class:`~mlp_torch.training.callbacks.GracefulStop` does).
     """
 
     def on_train_start(self, state: TrainState) -> None: ...
@@ -92,6 +108,26 @@ def start_epoch(state: TrainState) -> None:
         state.progress = EpochProgress(state.batches.epoch_order(), grad_norm_sums=[0.0] * len(state.model.layers))
 
 
+def choose_gradient_step(state: TrainState) -> Callable[[Tensor, Tensor], StepStats]:
+    """``state.gradient_step``, chosen once: ``(x, y) ->`` the step's numbers, after ``zero_grad`` and the gradients.
+
+    One process: the backend's gradients, eagerly or (``--cuda-graphs``) replayed from a CUDA graph
+    for every full batch; several: this process's rows' gradients, then :func:`all_reduce_step`.
+    """
+    model, class_weight = state.model, state.class_weight
+    if state.world.size > 1:
+
+        def all_reduced(x: Tensor, y: Tensor) -> StepStats:
+            model.zero_grad(set_to_none=True)
+            loss, logits = model.compute_gradients(x, y, class_weight=class_weight)
+            return all_reduce_step(state, loss, logits, y)  # the whole batch's gradient; the one sync
+
+        return all_reduced
+    if state.config.cuda_graphs:
+        return GraphedGradients(model, class_weight, state.config.batch_size)
+    return eager_gradients(model, class_weight)
+
+
 def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
     """Train the rest of the current epoch; ``False`` if a callback stopped it part-way.
 
@@ -99,16 +135,14 @@ def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
         DivergenceError: a non-finite loss or gradient, or an update beyond float32, before the
             optimizer steps (the parameters stay as the last step left them).
     """
-    progress, model, optimizer = state.progress, state.model, state.optimizer
+    progress, optimizer = state.progress, state.optimizer
     assert progress is not None, "start_epoch first"
     while progress.step < len(state.batches):
-        x, y = state.batches.batch(progress.order, progress.step)
+        x, y = state.batches.batch(progress.order, progress.step)  # this process's rows of it
         x, target = training_targets(state, x, y)
         state.batch = (x, target)
         callbacks.on_step_start(state)
-        optimizer.zero_grad(set_to_none=True)
-        loss, logits = model.compute_gradients(x, target, class_weight=state.class_weight)
-        stats = StepStats.measure(model, loss, logits, y)  # the one sync per step; accuracy against y
+        stats = state.gradient_step(x, target)  # zero_grad, the backend's gradients, their numbers: the one sync
         check_finite(state, stats)
         state.lr = optimizer.param_groups[0]["lr"]
         step_optimizer(state)
@@ -145,7 +179,9 @@ def finish_epoch(state: TrainState) -> None:
     assert progress is not None, "train_one_epoch first"
     state.epoch += 1
     state.val_result = val = (
-        evaluate(state.model, state.val.x, state.val.y, state.standardizer) if state.has_val else None
+        evaluate_sharded(state.world, state.model, state.val.x, state.val.y, state.standardizer)
+        if state.has_val
+        else None
     )
     nan = float("nan")
     state.grad_norms = [s / max(len(state.batches), 1) for s in progress.grad_norm_sums]
@@ -172,6 +208,40 @@ def finish_epoch(state: TrainState) -> None:
             "epoch": state.epoch,
         }
         state.best_weights = {name: t.detach().clone() for name, t in state.model.state_dict().items()}
+
+
+def all_reduce_step(state: TrainState, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
+    """Several processes: every ``.grad`` becomes the whole batch's gradient; the step's numbers and stop are agreed.
+
+    Each ``.grad`` holds the mean gradient of this process's rows ``y``, weighted ``W_r`` (their
+    count, or ``Σ w_{y_n}`` with class weights). :meth:`World.all_reduce_gradients` sums
+    ``W_r g_r`` and ``W_r`` (so ``.grad = Σ_r W_r g_r / W``, see :mod:`.distributed`) and, in the
+    same collective, the rows' loss sums ``W_r ℓ_r``, correct predictions and counts, and every
+    process's stop request with its signal: afterwards ``state.should_stop`` and ``state.signal``
+    are the same on every process, which then all stop after this step.
+    """
+    world, model, class_weight = state.world, state.model, state.class_weight
+    dtype = loss.dtype
+    weight = class_weight[y].sum().to(dtype) if class_weight is not None else torch.tensor(len(y), dtype=dtype)
+    weight = weight.to(loss.device)
+    requests = [float(state.should_stop), *(float(state.signal == signal.Signals(s).name) for s in SIGNALS)]
+    local = torch.cat(
+        [
+            torch.stack([weight * loss if len(y) else weight * 0, (logits.argmax(1) == y).sum().to(dtype)]),
+            torch.tensor([len(y), *requests], dtype=dtype, device=loss.device),
+        ]
+    )
+    total, sums = world.all_reduce_gradients(model.parameters(), weight, local)
+    grad_sq = torch.stack(layers_grad_sq(model, loss.device))  # of the whole batch's gradient, the same everywhere
+    values = torch.cat([total.double().reshape(1), sums.double(), grad_sq]).tolist()
+    total_weight, loss_sum, correct, samples, stop, *rest = values  # the one sync
+    asked, layer_sq = rest[: len(SIGNALS)], rest[len(SIGNALS) :]
+    state.should_stop = stop > 0
+    if state.signal is None:
+        state.signal = next((signal.Signals(s).name for s, n in zip(SIGNALS, asked) if n > 0), None)
+    return StepStats(
+        loss_sum / total_weight, round(correct), round(samples), finite_grad_sq(model, layer_sq, loss.device)
+    )
 
 
 def check_finite(state: TrainState, stats: StepStats) -> None:

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .rundir import RunLock, remove_leftover_temp_files, write_json
 
 # Stay as config.json has them when a run is resumed with other values: they belong to one session.
-SESSION_KEYS = ("device", "progress")
+SESSION_KEYS = ("device", "cuda_graphs", "progress", "dist_timeout")
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
@@ -111,7 +111,7 @@ def check_same_data(run_dir: Path, ckpt: dict[str, Any], data: DataBundle) -> No
 def record_resumed_config(run_dir: Path, config: TrainConfig, epochs_done: int) -> None:
     """Write ``config`` (its ``epochs``, its absolute paths) into ``run_dir/config.json``, atomically.
 
-    Everything else in the file stays, ``device`` and ``progress`` included.
+    Everything else in the file stays, ``device``, ``cuda_graphs`` and ``progress`` included.
 
     Raises:
         WriteError: the disk refused; the old ``config.json`` is intact.

@@ -8,6 +8,7 @@ the random generators, the position inside the epoch) goes into ``last.pt`` thro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..data import DataBundle, DeviceBatches, Preprocessor, Split, Standardizer, Whitener, preprocessor_from_state
 from ..models import Classifier
 from .config import TrainConfig
+from .distributed import World
 from .evaluation import EvalResult
 from .resume import note
 from .schedule import restore_scheduler
@@ -26,7 +28,8 @@ from .schedule import restore_scheduler
 
 @dataclass
 class StepStats:
-    """What one step measured, read from the device in one synchronisation."""
+    """What one step measured: :meth:`gather`-ed on the device, then :meth:`read` in one synchronisation
+    (several processes: the whole batch's, see ``loop.all_reduce_step``)."""
 
     loss: float
     correct: int
@@ -35,29 +38,55 @@ class StepStats:
 
     @classmethod
     def measure(cls, model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> StepStats:
-        values = torch.stack(
-            [
-                loss.double(),
-                (logits.argmax(1) == y).sum().double(),
-                *[layer_grad_sq(layer, torch.float32, loss.device) for layer in model.layers],
-            ]
+        """:meth:`gather`, then :meth:`read`: the numbers of a step just taken."""
+        return cls.read(cls.gather(model, loss, logits, y), model, len(y))
+
+    @staticmethod
+    def gather(model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+        """The step's numbers in one float64 tensor on the device, without a sync (a CUDA graph can record it)."""
+        labels = y if y.dim() == 1 else y.argmax(1)  # soft targets (--label-smoothing, --mixup): the largest share
+        return torch.stack(
+            [loss.double(), (logits.argmax(1) == labels).sum().double(), *layers_grad_sq(model, loss.device)]
         )
+
+    @classmethod
+    def read(cls, values: Tensor, model: Classifier, samples: int) -> StepStats:
+        """The numbers :meth:`gather` put on the device, for a batch of ``samples``.
+
+        ``model``'s ``.grad`` must still be the step's: a norm that overflowed float32 is measured again.
+        """
         loss_value, correct, *layer_sq = values.tolist()  # the one sync
-        # g² overflows float32 beyond |g| ≈ 1.8e19: where a norm came out inf, measure it again in float64
-        # (a second sync, only then), so that only a gradient that truly is inf or NaN reads as one
-        layer_sq = [
-            sq if math.isfinite(sq) else layer_grad_sq(layer, torch.float64, loss.device).item()
-            for sq, layer in zip(layer_sq, model.layers)
-        ]
-        return cls(loss_value, int(correct), len(y), layer_sq)
+        return cls(loss_value, int(correct), samples, finite_grad_sq(model, layer_sq, values.device))
 
 
 def layer_grad_sq(layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``‖∂ℓ/∂θ‖²`` over a layer's parameters (float64), the norms accumulated in ``dtype``."""
-    norms = [torch.linalg.vector_norm(p.grad, dtype=dtype) for p in layer.parameters() if p.grad is not None]
+    """``‖∂ℓ/∂θ‖²`` over a layer's parameters (float64), the norms accumulated in ``dtype`` (or the
+    gradients' own, if wider: ``--dtype float64``)."""
+    norms = [
+        torch.linalg.vector_norm(p.grad, dtype=torch.promote_types(p.grad.dtype, dtype))
+        for p in layer.parameters()
+        if p.grad is not None
+    ]
     if not norms:
         return torch.zeros((), dtype=torch.float64, device=device)
     return torch.stack(norms).double().square().sum()
+
+
+def layers_grad_sq(model: Classifier, device: torch.device) -> list[Tensor]:
+    """Each layer's ``‖∂ℓ/∂θ‖²`` (:func:`layer_grad_sq` in float32), 0-dim tensors on ``device``: no sync."""
+    return [layer_grad_sq(layer, torch.float32, device) for layer in model.layers]
+
+
+def finite_grad_sq(model: Classifier, layer_sq: list[float], device: torch.device) -> list[float]:
+    """``layer_sq`` as read, except where a norm came out inf: that layer measured again in float64.
+
+    g² overflows float32 beyond |g| ≈ 1.8e19; measuring again (a second sync, only then) makes
+    only a gradient that truly is inf or NaN read as one.
+    """
+    return [
+        sq if math.isfinite(sq) else layer_grad_sq(layer, torch.float64, device).item()
+        for sq, layer in zip(layer_sq, model.layers)
+    ]
 
 
 @dataclass
@@ -113,6 +142,10 @@ class TrainState:
     batches: DeviceBatches  # the training split on the device: shuffled, augmented, preprocessed
     val: Split  # the validation split on the device (empty without one)
     class_weight: Tensor | None  # --balance weights
+    world: World = field(default_factory=World)  # the processes training the run together (torchrun); one by default
+    # (x, y) -> StepStats: zero_grad, the backend's gradients and the step's numbers (the one sync), up to the
+    # optimizer; chosen once (loop.choose_gradient_step): eager, replayed from a CUDA graph, or all-reduced
+    gradient_step: Callable[[Tensor, Tensor], StepStats] = field(init=False)
     run_dir: Path = field(init=False)  # set once the run directory exists
     # where the run stands (all of it in last.pt)
     epoch: int = 0  # complete epochs
@@ -123,7 +156,7 @@ class TrainState:
     best_weights: dict[str, Tensor] | None = None  # its parameters, once an epoch of this process was best
     train_seconds: float = 0.0
     # the latest step and epoch, for callbacks
-    batch: tuple[Tensor, Tensor] | None = None  # (x, y) of the step under way
+    batch: tuple[Tensor, Tensor] | None = None  # (x, y) of the step under way: this process's rows of it
     step_stats: StepStats | None = None  # of the latest step
     lr: float = float("nan")  # the learning rate of the latest step
     val_result: EvalResult | None = None  # the latest epoch's validation (None without a validation split)

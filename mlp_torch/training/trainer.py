@@ -24,6 +24,11 @@ Safety:
   epoch, so a resumed run on the CPU ends with the same parameters, bit for bit. It refuses data
   that changed since the checkpoint and a run that another process is training (a lock), and
   removes the temporary files a killed save left behind.
+
+Under ``torchrun`` every process runs all of this on its rows of each batch
+(:mod:`mlp_torch.training.distributed`); rank 0 alone checks and locks the run directory, reads
+and writes its files and prints, and the others learn what they need from it (the run directory,
+the checkpoint to resume) or fail with it.
 """
 
 from __future__ import annotations
@@ -38,15 +43,24 @@ from typing import Any
 
 import torch
 
-from ..data import DataBundle, DeviceBatches, Standardizer, Whitener, balance_weights, fit_preprocessor, load_data
-from ..errors import WriteError
+from ..data import (
+    DataBundle,
+    DeviceBatches,
+    Standardizer,
+    Whitener,
+    balance_weights,
+    describe_data_change,
+    fit_preprocessor,
+    load_data,
+)
+from ..errors import DataError, UsageError, WriteError
 from ..models import build_model
-from ..utils import select_device, set_seed
+from ..utils import DTYPES, set_seed
 from .callbacks import StopAfterEpochs, default_callbacks
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .evaluation import evaluate
-from .loop import Callback, CallbackList, finish_epoch, start_epoch, train_one_epoch
+from .distributed import World, evaluate_sharded, join_processes
+from .loop import Callback, CallbackList, choose_gradient_step, finish_epoch, start_epoch, train_one_epoch
 from .resume import check_same_data, load_run_config, note, open_for_resume, record_resumed_config
 from .rundir import RunLock, check_runs_dir, device_name, make_run_dir, nan_to_none, versions, write_json
 from .schedule import build_optimizer, build_scheduler
@@ -83,7 +97,7 @@ def train(
     """
     with start_run(config, resume) as state:
         more = [*callbacks] + ([] if stop_after_epochs is None else [StopAfterEpochs(stop_after_epochs)])
-        return fit(state, CallbackList([*default_callbacks(state), *more]))
+        return fit(state, CallbackList([*default_callbacks(state, writers=state.world.is_main), *more]))
 
 
 def fit(state: TrainState, callbacks: Callback) -> dict[str, Any]:
@@ -122,13 +136,14 @@ def evaluate_best_on_test(state: TrainState) -> dict[str, Any]:
     """Evaluate the best epoch's model on the test split, once: the run's result.
 
     Its weights are in memory if that epoch ran in this process, else (a resumed run that has not
-    improved since) in ``best.pt``.
+    improved since) in ``best.pt``, which rank 0 reads for all.
     """
     if state.best_weights is None:
-        state.best_weights = load_checkpoint(state.run_dir / "checkpoints" / "best.pt", state.device)["model_state"]
+        best = state.run_dir / "checkpoints" / "best.pt"
+        state.best_weights = state.world.on_main(lambda: load_checkpoint(best)["model_state"])
     state.model.load_state_dict(state.best_weights)
     test = state.data.test.to(state.device)
-    state.test_result = result = evaluate(state.model, test.x, test.y, state.standardizer)
+    state.test_result = result = evaluate_sharded(state.world, state.model, test.x, test.y, state.standardizer)
     return {
         "test_loss": result.loss,
         "test_accuracy": result.accuracy,
@@ -143,39 +158,82 @@ def start_run(config: TrainConfig, resume: Path | None = None) -> Iterator[Train
     """Everything before the first step; the run's lock is held until the ``with`` block ends.
 
     What cannot work is refused before the data are loaded (a ``--runs-dir`` that is a file, a run
-    another process holds), and a new run directory is made only once the model is built.
+    another process holds), and a new run directory is made only once the model is built. Under
+    ``torchrun`` the processes join here, and rank 0 alone touches the run directory.
     """
     config = config.with_absolute_paths()
     with contextlib.ExitStack() as cleanup:
-        if resume is None:
-            check_runs_dir(config.runs_dir)
-        else:
+        world, device = cleanup.enter_context(join_processes(config.device, config.dist_timeout))
+        check_cuda_graphs(config, device, world)
+        check_soft_targets(config, world)
+
+        def open_run() -> dict[str, Any]:  # rank 0: lock the run, read its last.pt (shared with the others)
+            assert resume is not None
             lock, ckpt = open_for_resume(resume, config.epochs)
             cleanup.callback(lock.release)
-        device = select_device(config.device)
-        set_seed(config.seed)
-        data = load_data(config.data, allow_download=resume is None)  # a resume never downloads
-        if resume is not None:
-            check_same_data(resume, ckpt, data)
-        state = new_state(config, data, device)
+            return ckpt
+
         if resume is None:
-            state.run_dir = make_run_dir(config.runs_dir, config.run_name)
-            cleanup.callback(RunLock(state.run_dir).release)
-            write_run_config(state)
+            world.on_main(lambda: check_runs_dir(config.runs_dir))
+        else:
+            ckpt = world.on_main(open_run)
+        set_seed(config.seed)
+        data = load_same_data(world, config, allow_download=resume is None)  # a resume never downloads
+        if resume is not None:
+            world.on_main(lambda: check_same_data(resume, ckpt, data))
+        state = new_state(config, data, device, world)
+        if resume is None:
+            state.run_dir = world.on_main(lambda: make_new_run(state, cleanup))
         else:
             state.run_dir = Path(resume)
             state.load_state_dict(ckpt)
-            record_resumed_config(state.run_dir, config, state.epoch)
+            world.on_main(lambda: record_resumed_config(state.run_dir, config, state.epoch))
+        world.broadcast_parameters(state.model)
         note_validation_split(state)
-        try:
-            (state.run_dir / "checkpoints").mkdir(exist_ok=True)
-        except OSError as err:
-            raise WriteError(f"cannot create {state.run_dir / 'checkpoints'}: {err.strerror or err}") from None
+        world.on_main(lambda: make_checkpoints_folder(state.run_dir))
         yield state
 
 
-def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> TrainState:
-    """A run at its start: the model initialised, the data on ``device``, the optimizer and schedule fresh."""
+def load_same_data(world: World, config: TrainConfig, allow_download: bool) -> DataBundle:
+    """The run's data; with several processes rank 0 prepares them first and every process must hold the same.
+
+    Raises:
+        DataError: a process's data differ from rank 0's (another folder on another machine).
+    """
+    data = world.main_first(lambda: load_data(config.data, allow_download=allow_download))
+    reference = world.broadcast(data.fingerprint())
+
+    def check() -> None:
+        change = describe_data_change(reference, data.fingerprint())
+        if change:
+            raise DataError(f"this process's data differ from rank 0's ({change}); give every machine the same data")
+
+    world.everywhere(check)
+    return data
+
+
+def make_new_run(state: TrainState, cleanup: contextlib.ExitStack) -> Path:
+    """A new run directory, locked until the run ends, with its ``config.json``."""
+    state.run_dir = make_run_dir(state.config.runs_dir, state.config.run_name)
+    cleanup.callback(RunLock(state.run_dir).release)
+    write_run_config(state)
+    return state.run_dir
+
+
+def make_checkpoints_folder(run_dir: Path) -> None:
+    try:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create {run_dir / 'checkpoints'}: {err.strerror or err}") from None
+
+
+def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world: World | None = None) -> TrainState:
+    """A run at its start: the model initialised, the data on ``device``, the optimizer and schedule fresh.
+
+    With several processes (``world``) each one's batches are its rows of every batch.
+    """
+    world = world or World()
+    dtype = DTYPES[config.dtype]
     preprocess = fit_preprocessor(data.train.x, config.data.whiten, config.data.zca_eps)
     model = build_model(
         kind=config.model,
@@ -186,7 +244,7 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         backend=config.backend,
         seed=config.seed,
         output=config.output,
-    ).to(device)
+    ).to(device=device, dtype=dtype)
     train = data.train.to(device)
     loss_weights, sample_weights = balance_weights(config.data, data.train.y, data.num_classes)
     flip, crop = config.data.augment_flip, config.data.augment_crop
@@ -202,6 +260,8 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         augment_flip=flip,
         augment_crop=crop,
         sample_weights=sample_weights,
+        dtype=dtype,
+        shard=(world.rank, world.size),
     )
     optimizer = build_optimizer(config, model.parameters())
     state = TrainState(
@@ -214,8 +274,10 @@ def new_state(config: TrainConfig, data: DataBundle, device: torch.device) -> Tr
         scheduler=build_scheduler(config, optimizer, steps_per_epoch=len(batches)),
         batches=batches,
         val=data.val.to(device),
-        class_weight=None if loss_weights is None else loss_weights.to(device),
+        class_weight=None if loss_weights is None else loss_weights.to(device=device, dtype=dtype),
+        world=world,
     )
+    state.gradient_step = choose_gradient_step(state)
     state.lr = optimizer.param_groups[0]["lr"]
     return state
 
@@ -232,6 +294,31 @@ def training_inputs(preprocess: Standardizer | Whitener, x: torch.Tensor) -> tup
     return x, preprocess
 
 
+def check_cuda_graphs(config: TrainConfig, device: torch.device, world: World) -> None:
+    """Refuse ``--cuda-graphs`` on a device that is not CUDA, and under ``torchrun`` (before any data are loaded)."""
+    if not config.cuda_graphs:
+        return
+    if device.type != "cuda":
+        raise UsageError(
+            f"--cuda-graphs needs a CUDA device, but this run's device is {device} "
+            f"(--device {config.device}): pass --device cuda, or leave --cuda-graphs out"
+        )
+    if world.size > 1:
+        raise UsageError(
+            f"--cuda-graphs trains in one process, not {world.size} under torchrun: leave --cuda-graphs out"
+        )
+
+
+def check_soft_targets(config: TrainConfig, world: World) -> None:
+    """Refuse ``--label-smoothing`` and ``--mixup`` under ``torchrun``: the all-reduce weighs each
+    process's rows by their class labels, and mixup would mix only a process's own rows, drawing for
+    them alone, which leaves the processes' data generators (the same by design) apart."""
+    if (config.label_smoothing or config.mixup) and world.size > 1:
+        raise UsageError(
+            f"--label-smoothing and --mixup train in one process, not {world.size} under torchrun: leave them out"
+        )
+
+
 def write_run_config(state: TrainState) -> None:
     """``config.json``: the config (paths absolute), the command, versions, device and data counts."""
     data = state.data
@@ -241,6 +328,7 @@ def write_run_config(state: TrainState) -> None:
         "created": datetime.now().isoformat(timespec="seconds"),
         "device": str(state.device),
         "device_name": device_name(state.device),
+        "processes": state.world.size,
         "data": {
             "source": data.source,
             "classes": data.classes,
