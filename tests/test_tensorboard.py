@@ -356,7 +356,7 @@ def test_hparams_list_the_metrics_and_only_applicable_hyperparameters(runs, boar
     groups = {g["name"]: g for g in board.post("/data/plugin/hparams/session_groups", request)["sessionGroups"]}
     assert sorted(groups) == sorted(run_name(metrics) for _, metrics in runs[0].values())
     common = {"model", "output", "backend", "dtype", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov"}
-    common |= {"weight_decay"}
+    common |= {"weight_decay", "label_smoothing", "mixup"}  # soft targets: for every softmax model
     common |= {"schedule", "warmup_epochs", "seed", "dataset", "classes", "val_fraction", "image_size", "balance"}
     common |= {"augment_flip", "augment_crop", "whiten", "synthetic_train_per_class", "synthetic_test_per_class"}
     for kind, (config, metrics) in runs[0].items():

@@ -42,6 +42,8 @@ OPTIMISATION_FIELDS: tuple[str, ...] = (
     "warmup_epochs",
     "step_size",
     "gamma",
+    "label_smoothing",
+    "mixup",
 )
 RUN_FIELDS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*MODEL_FIELDS, *OPTIMISATION_FIELDS, "data")

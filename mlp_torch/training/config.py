@@ -91,6 +91,16 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, help="linear warm-up from 0 to --lr over this many epochs")
     step_size: int = option(10, help="schedule step: epochs between decays")
     gamma: float = option(0.1, help="schedule step: decay factor")
+    # soft targets: the same cross-entropy, dℓ/da = ŷ − t, against probability rows t (mlp_torch.data.targets)
+    label_smoothing: float = option(
+        0.0, metavar="EPS", help="train on the targets (1 − ε) y + ε / C instead of one-hot y (0 = off)"
+    )
+    mixup: float = option(
+        0.0,
+        metavar="ALPHA",
+        help="mixup: train on λ x + (1 − λ) x' and λ t + (1 − λ) t' for pairs within a batch, "
+        "λ ~ Beta(α, α) per batch (0 = off)",
+    )
     # bookkeeping
     seed: int = option(0, help="seeds initialisation, split, shuffling, augmentation")
     device: str = option(
@@ -190,6 +200,15 @@ class TrainConfig:
             raise UsageError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
         if not 0 < self.gamma <= 1:
             raise UsageError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1) (0 = off), got {self.label_smoothing}")
+        if not (self.mixup >= 0 and math.isfinite(self.mixup)):
+            raise UsageError(f"--mixup must be a finite number ≥ 0 (0 = off), got {self.mixup}")
+        if self.model == "perceptron" and (self.label_smoothing or self.mixup):
+            raise UsageError(
+                "--label-smoothing and --mixup make soft targets for softmax cross-entropy; "
+                "the perceptron learns from class labels (choose --model mlp or softmax)"
+            )
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
             raise UsageError(f"--warmup-epochs must be a finite number ≥ 0, got {self.warmup_epochs}")
         if min(self.check_grads_every, self.histogram_every, self.log_every) < 0:

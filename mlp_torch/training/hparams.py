@@ -43,6 +43,10 @@ def _step_schedule(config: TrainConfig) -> bool:
     return config.schedule == "step"
 
 
+def _softmax_targets(config: TrainConfig) -> bool:
+    return config.model != "perceptron"
+
+
 def _images(config: TrainConfig) -> bool:
     return not config.data.is_planar
 
@@ -70,6 +74,8 @@ TRAIN_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {
     "warmup_epochs": _always,
     "step_size": _step_schedule,
     "gamma": _step_schedule,
+    "label_smoothing": _softmax_targets,
+    "mixup": _softmax_targets,
     "seed": _always,
 }
 DATA_HPARAMS: dict[str, Callable[[TrainConfig], bool]] = {

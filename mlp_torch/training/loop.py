@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from ..data.targets import mixup, smooth_labels
 from ..errors import DivergenceError
 from .cuda_graph import GraphedGradients, eager_gradients
 from .distributed import evaluate_sharded
@@ -138,9 +139,10 @@ def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
     assert progress is not None, "start_epoch first"
     while progress.step < len(state.batches):
         x, y = state.batches.batch(progress.order, progress.step)  # this process's rows of it
-        state.batch = (x, y)
+        x, target = training_targets(state, x, y)
+        state.batch = (x, target)
         callbacks.on_step_start(state)
-        stats = state.gradient_step(x, y)  # zero_grad, the backend's gradients, their numbers: the one sync
+        stats = state.gradient_step(x, target)  # zero_grad, the backend's gradients, their numbers: the one sync
         check_finite(state, stats)
         state.lr = optimizer.param_groups[0]["lr"]
         step_optimizer(state)
@@ -152,6 +154,20 @@ def train_one_epoch(state: TrainState, callbacks: Callback) -> bool:
         if state.should_stop and progress.step < len(state.batches):
             return False
     return True
+
+
+def training_targets(state: TrainState, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The step's inputs and targets: the class labels ``y``, or soft targets with ``--label-smoothing``/``--mixup``.
+
+    With both off nothing is drawn or changed: the lecture's loss ``ℓ = −log ŷ_y`` on the batch as it came.
+    """
+    config = state.config
+    if not config.label_smoothing and not config.mixup:
+        return x, y
+    t = smooth_labels(y, state.data.num_classes, config.label_smoothing, x.dtype)  # N,C
+    if config.mixup:
+        x, t = mixup(x, t, config.mixup, state.batches.generator)
+    return x, t
 
 
 def finish_epoch(state: TrainState) -> None:

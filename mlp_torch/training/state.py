@@ -44,7 +44,10 @@ class StepStats:
     @staticmethod
     def gather(model: Classifier, loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
         """The step's numbers in one float64 tensor on the device, without a sync (a CUDA graph can record it)."""
-        return torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), *layers_grad_sq(model, loss.device)])
+        labels = y if y.dim() == 1 else y.argmax(1)  # soft targets (--label-smoothing, --mixup): the largest share
+        return torch.stack(
+            [loss.double(), (logits.argmax(1) == labels).sum().double(), *layers_grad_sq(model, loss.device)]
+        )
 
     @classmethod
     def read(cls, values: Tensor, model: Classifier, samples: int) -> StepStats:

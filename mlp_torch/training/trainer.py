@@ -165,6 +165,7 @@ def start_run(config: TrainConfig, resume: Path | None = None) -> Iterator[Train
     with contextlib.ExitStack() as cleanup:
         world, device = cleanup.enter_context(join_processes(config.device, config.dist_timeout))
         check_cuda_graphs(config, device, world)
+        check_soft_targets(config, world)
 
         def open_run() -> dict[str, Any]:  # rank 0: lock the run, read its last.pt (shared with the others)
             assert resume is not None
@@ -305,6 +306,16 @@ def check_cuda_graphs(config: TrainConfig, device: torch.device, world: World) -
     if world.size > 1:
         raise UsageError(
             f"--cuda-graphs trains in one process, not {world.size} under torchrun: leave --cuda-graphs out"
+        )
+
+
+def check_soft_targets(config: TrainConfig, world: World) -> None:
+    """Refuse ``--label-smoothing`` and ``--mixup`` under ``torchrun``: the all-reduce weighs each
+    process's rows by their class labels, and mixup would mix only a process's own rows, drawing for
+    them alone, which leaves the processes' data generators (the same by design) apart."""
+    if (config.label_smoothing or config.mixup) and world.size > 1:
+        raise UsageError(
+            f"--label-smoothing and --mixup train in one process, not {world.size} under torchrun: leave them out"
         )
 
 
