@@ -9,11 +9,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from sgd_loop import sgd_fit
 
 from mlp_torch import functional as mf
 from mlp_torch.data import DataOptions, Standardizer, load_data
 from mlp_torch.models import Perceptron, build_model
-from mlp_torch.optim import SGD
 from mlp_torch.training.figures import (
     activation_figure,
     class_colours,
@@ -86,19 +86,6 @@ def test_activation_figure_plots_our_backward(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Decision boundaries
 # ---------------------------------------------------------------------------------------------
-
-
-def sgd_fit(model, x, y, epochs, lr=0.1, batch_size=32):
-    optimizer = SGD(model.parameters(), lr=lr, momentum=0.9)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad()
-            model.compute_gradients(x[idx], y[idx])
-            optimizer.step()
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sgd_loop import sgd_fit
 
 from mlp_torch.data import DataOptions, DeviceBatches, Standardizer, load_data
 from mlp_torch.data.planar import (
@@ -21,7 +22,6 @@ from mlp_torch.data.planar import (
 from mlp_torch.data.saved import LOCATION_KEYS, SAVED_TYPES, data_options_from_saved
 from mlp_torch.errors import DataError, UsageError
 from mlp_torch.models import Perceptron, build_model
-from mlp_torch.optim import SGD
 
 # ---------------------------------------------------------------------------------------------
 # The generators
@@ -189,20 +189,6 @@ def test_a_saved_run_records_the_2d_options_and_they_are_checked():
 # ---------------------------------------------------------------------------------------------
 # The perceptron's limit: Rosenblatt's rule on `linear`, and what no line can do on xor and the spiral
 # ---------------------------------------------------------------------------------------------
-
-
-def sgd_fit(model, x, y, epochs, lr, batch_size=32, seed=0):
-    """A plain mini-batch SGD loop (momentum 0.9) with the model's own backend; returns the model."""
-    optimizer = SGD(model.parameters(), lr=lr, momentum=0.9)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad()
-            model.compute_gradients(x[idx], y[idx])
-            optimizer.step()
-    return model
 
 
 def accuracy(model, x, y) -> float:
