@@ -36,6 +36,7 @@ def sgd_step(
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    work: Tensor | None = None,
 ) -> Tensor | None:
     """Update ``w`` in place by one SGD step (module docstring); ``g`` is not modified.
 
@@ -51,18 +52,21 @@ def sgd_step(
         dampening: ``τ``.
         nesterov: use Nesterov momentum (needs ``μ > 0`` and ``τ = 0``).
         weight_decay: ``λ``.
+        work: a tensor shaped like ``w`` that the step may overwrite, for the modified gradient of
+            weight decay and Nesterov: with it the step allocates nothing (:class:`SGD` keeps one
+            per parameter); without, those lines make a new tensor each.
 
     Returns:
         The momentum buffer to pass to the next step (``None`` without momentum).
     """
     if weight_decay != 0:
-        g = g.add(w, alpha=weight_decay)  # g ← g + λ w
+        g = torch.add(g, w, alpha=weight_decay, out=work)  # g ← g + λ w
     if momentum != 0:
         if b is None:
             b = g.clone()  # b ← g on the first step
         else:
             b.mul_(momentum).add_(g, alpha=1 - dampening)  # b ← μ b + (1 − τ) g
-        g = g.add(b, alpha=momentum) if nesterov else b  # g ← g + μ b (Nesterov), else g ← b
+        g = torch.add(g, b, alpha=momentum, out=work) if nesterov else b  # g ← g + μ b (Nesterov), else g ← b
     w.add_(g, alpha=-lr)  # w ← w − η g
     return b
 
@@ -104,6 +108,8 @@ class SGD(torch.optim.Optimizer):
             "nesterov": nesterov,
         }
         super().__init__(params, defaults)
+        # sgd_step's scratch tensor per parameter, so that a step allocates nothing: not state, never saved
+        self._work: dict[Tensor, Tensor] = {}
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -123,6 +129,7 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            hyper = {k: group[k] for k in ("lr", "momentum", "dampening", "nesterov", "weight_decay")}
             for w in group["params"]:
                 if w.grad is None:
                     continue
@@ -132,12 +139,16 @@ class SGD(torch.optim.Optimizer):
                     w,
                     w.grad,
                     self.state[w].get("momentum_buffer") if with_momentum else None,
-                    lr=group["lr"],
-                    momentum=group["momentum"],
-                    dampening=group["dampening"],
-                    nesterov=group["nesterov"],
-                    weight_decay=group["weight_decay"],
+                    work=self._work_for(w) if group["weight_decay"] != 0 or group["nesterov"] else None,
+                    **hyper,
                 )
                 if with_momentum:
                     self.state[w]["momentum_buffer"] = b
         return loss
+
+    def _work_for(self, w: Tensor) -> Tensor:
+        """The scratch tensor for ``w`` (made on first use, again if ``w`` changed shape, type or device)."""
+        work = self._work.get(w)
+        if work is None or work.shape != w.shape or work.dtype != w.dtype or work.device != w.device:
+            work = self._work[w] = torch.empty_like(w, memory_format=torch.contiguous_format)
+        return work

@@ -210,9 +210,10 @@ def test_flip_mirrors_some_images_and_leaves_the_rest(device):
     assert (same | mirrored).all() and 50 < mirrored.sum() < 150
 
 
-def test_crop_is_a_window_of_the_zero_padded_image(device):
-    x, _ = _data(40, device, side=6)
-    pad = 2
+@pytest.mark.parametrize(("n", "channels", "h", "w", "pad"), [(40, 3, 6, 6, 2), (30, 1, 3, 7, 2), (1, 3, 4, 4, 1)])
+def test_crop_is_a_window_of_the_zero_padded_image(device, n, channels, h, w, pad):
+    x = torch.randint(1, 256, (n, channels, h, w), generator=torch.Generator().manual_seed(n), dtype=torch.uint8)
+    x = x.to(device)  # no zeros inside: only the padding is 0, and pad < h, w: every window shows some of the image
     out = random_crop(x, pad, torch.Generator(device).manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (pad,) * 4)
@@ -222,11 +223,17 @@ def test_crop_is_a_window_of_the_zero_padded_image(device):
             (top, left)
             for top in range(2 * pad + 1)
             for left in range(2 * pad + 1)
-            if torch.equal(out[i], padded[i, :, top : top + 6, left : left + 6])
+            if torch.equal(out[i], padded[i, :, top : top + h, left : left + w])
         ]
-        assert hits, f"image {i} is not a window of its padded self"
+        assert len(hits) == 1, f"image {i} is not one window of its padded self"
         offsets.add(hits[0])
-    assert len(offsets) > 5
+    assert len(offsets) > min(5, n - 1)
+
+
+def test_crop_and_flip_of_an_empty_batch_are_empty(device):
+    x = torch.zeros(0, 3, 4, 4, dtype=torch.uint8, device=device)
+    g = torch.Generator(device).manual_seed(0)
+    assert random_crop(x, 2, g).shape == x.shape and random_flip(x, g).shape == x.shape
 
 
 def test_balanced_sampling_draws_classes_equally(device):

@@ -125,6 +125,19 @@ def test_sgd_step_is_the_slides_formulas() -> None:
     assert torch.equal(g, g1)  # the gradient is left as it was
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_sgd_step_in_a_work_tensor_is_the_same_bits_and_leaves_the_gradient(variant: str) -> None:
+    kwargs = VARIANTS[variant]
+    w0, g = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)), torch.randn(6, 5)
+    b0 = torch.randn(6, 5) if kwargs.get("momentum") else None
+    plain_w, worked_w = w0.clone(), w0.clone()
+    plain_b = sgd_step(plain_w, g, None if b0 is None else b0.clone(), lr=0.1, **kwargs)
+    g_before, work = g.clone(), torch.full_like(w0, float("nan"))  # whatever it held is overwritten, never read
+    worked_b = sgd_step(worked_w, g, None if b0 is None else b0.clone(), lr=0.1, work=work, **kwargs)
+    assert torch.equal(worked_w, plain_w) and torch.equal(g, g_before)
+    assert (worked_b is None) == (plain_b is None) and (plain_b is None or torch.equal(worked_b, plain_b))
+
+
 def test_bad_hyperparameters_are_refused() -> None:
     params = make_params(torch.device("cpu"))
     for kwargs in ({"lr": -1.0}, {"lr": 0.1, "momentum": -0.5}, {"lr": 0.1, "weight_decay": -1.0}):
