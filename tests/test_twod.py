@@ -180,15 +180,15 @@ def test_image_runs_log_the_activations_and_draw_no_boundary(tmp_path):
 
 
 def saved_names(monkeypatch) -> list[tuple[str, int]]:
-    """Every checkpoint the run saves: (file name, the epoch of best.pt it records), in order."""
+    """Every checkpoint the run writes: (file name, the epoch of best.pt it records), in the order written."""
     saved: list[tuple[str, int]] = []
-    original = callbacks_module.save_checkpoint
+    original = callbacks_module.write_checkpoint_bytes
 
-    def recording(path, payload):
-        saved.append((Path(path).name, payload["best"]["epoch"]))
-        original(path, payload)
+    def recording(path, data):
+        saved.append((Path(path).name, torch.load(io.BytesIO(data), weights_only=True)["best"]["epoch"]))
+        original(path, data)
 
-    monkeypatch.setattr(callbacks_module, "save_checkpoint", recording)
+    monkeypatch.setattr(callbacks_module, "write_checkpoint_bytes", recording)
     return saved
 
 

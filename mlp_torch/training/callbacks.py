@@ -13,6 +13,7 @@ import contextlib
 import math
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..compare import backend_gradients, layer_error_tolerance, layer_errors
 from ..errors import DivergenceError, WriteError
 from ..models import Classifier, build_model
 from ..utils import print_line
-from .checkpoint import save_checkpoint
+from .checkpoint import checkpoint_bytes, write_checkpoint_bytes
 from .evaluation import EvalResult
 from .hparams import hparams
 from .interrupt import GracefulInterrupt
@@ -333,36 +334,80 @@ class Checkpoints(Callback):
     So a run whose epochs take longer than that saves ``last.pt`` after every epoch, and one of
     hundreds of 10 ms epochs (the 2-D datasets) does not spend most of its time in ``fsync``. A stop
     (a signal, a callback) always saves; a process killed outright (SIGKILL, power loss) loses at
-    most ``every_seconds`` and an epoch; ``best.pt`` never holds a later epoch than ``last.pt`` records.
+    most ``every_seconds`` and an epoch, and the save under way; ``best.pt`` never holds a later
+    epoch than ``last.pt`` records.
+
+    The disk works while the next epoch trains: at an epoch's end the state is serialised at once
+    (a snapshot: training goes on changing the tensors), and one background thread writes the
+    files, atomically and in order, ``best.pt`` first. A save waits for the previous one, and the
+    run's end for the last, so a failed write (a full disk) is raised as a :class:`WriteError` at
+    the next epoch's end at the latest, with the files saved before it intact.
     """
 
     def __init__(self, every_seconds: float | None = None) -> None:
         self.every_seconds = LAST_EVERY_SECONDS if every_seconds is None else every_seconds
         self.saved_at = time.monotonic()
+        self.writer: ThreadPoolExecutor | None = None
+        self.pending: list[tuple[Path, Future[None]]] = []
 
     def on_train_start(self, state: TrainState) -> None:
         self.saved_at = time.monotonic()
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if state.improved:
-            self.save(state, "best.pt")
+        self.raise_failed()
+        names = ["best.pt"] if state.improved else []
         if state.improved or state.completed or time.monotonic() - self.saved_at >= self.every_seconds:
-            self.save(state, "last.pt")
+            names.append("last.pt")
             self.saved_at = time.monotonic()
+        if names:
+            self.save(state, names)
 
     def on_train_end(self, state: TrainState) -> None:
         if not state.completed:
-            self.save(state, "last.pt")
+            self.save(state, ["last.pt"])
+        self.close()
 
-    @staticmethod
-    def save(state: TrainState, name: str) -> None:
-        path = state.run_dir / "checkpoints" / name
+    def on_failure(self, state: TrainState, error: BaseException) -> None:
+        with contextlib.suppress(WriteError):  # what was under way is finished; the error already raised wins
+            self.close()
+
+    def save(self, state: TrainState, names: list[str]) -> None:
+        """Serialise the state now; write it to ``checkpoints/NAME`` for each name, in the background."""
+        self.wait()
+        data = checkpoint_bytes(state.state_dict())
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlp-torch-checkpoints")
+        for name in names:
+            path = state.run_dir / "checkpoints" / name
+            self.pending.append((path, self.writer.submit(write_checkpoint_bytes, path, data)))
+
+    def wait(self) -> None:
+        """Until every file submitted is written; raise :class:`WriteError` for the first that failed."""
+        pending, self.pending = self.pending, []
+        failed = None
+        for path, future in pending:
+            try:
+                future.result()
+            except OSError as err:
+                failed = failed or WriteError(
+                    f"cannot write {path}: {err.strerror or err}; the checkpoints saved before are intact"
+                )
+        if failed is not None:
+            raise failed
+
+    def raise_failed(self) -> None:
+        """Raise :meth:`wait`'s error now if a write has already failed (without waiting for the rest)."""
+        if any(future.done() and future.exception() is not None for _, future in self.pending):
+            self.wait()
+
+    def close(self) -> None:
+        """Wait for the writes under way (raising as :meth:`wait`), then end the writer thread."""
         try:
-            save_checkpoint(path, state.state_dict())
-        except OSError as err:
-            raise WriteError(
-                f"cannot write {path}: {err.strerror or err}; the checkpoints saved before are intact"
-            ) from None
+            self.wait()
+        finally:
+            if self.writer is not None:
+                self.writer.shutdown()
+                self.writer = None
 
 
 class MetricsFile(Callback):

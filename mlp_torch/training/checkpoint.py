@@ -51,15 +51,28 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         OSError: the file could not be written (full disk, file-size limit, permissions), with
             the system's reason; any previous ``path`` is intact.
     """
-    path = Path(path)
+    write_checkpoint_bytes(path, checkpoint_bytes(payload))
+
+
+def checkpoint_bytes(payload: dict[str, Any]) -> memoryview:
+    """``payload`` serialised as :func:`save_checkpoint` writes it: a snapshot, whatever changes afterwards.
+
+    Raises:
+        TypeError: as :func:`save_checkpoint`.
+    """
     data = {"format": FORMAT, "version": VERSION, **payload}
     _check_plain(data, "checkpoint")  # before touching the disk: never write a file that cannot be loaded
     # In memory first: torch.save writing to a full disk raises a RuntimeError that does not say why
     # ("unexpected pos 704 vs 598"); a plain write raises OSError with the reason (ENOSPC, EFBIG).
     buffer = io.BytesIO()
     torch.save(data, buffer)
-    with atomic_write(path, mode=0o600) as f:  # private, as mkstemp made checkpoints before
-        f.write(buffer.getbuffer())
+    return buffer.getbuffer()
+
+
+def write_checkpoint_bytes(path: Path, data: memoryview) -> None:
+    """Write what :func:`checkpoint_bytes` made to ``path`` atomically (OSError as :func:`save_checkpoint`)."""
+    with atomic_write(Path(path), mode=0o600) as f:  # private, as mkstemp made checkpoints before
+        f.write(data)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
