@@ -59,6 +59,8 @@ def test_end_to_end_writes_the_documented_json(tmp_path, monkeypatch, capsys):
     assert e["train_images"] + e["val_images"] == 80 and e["plain_pytorch_workers"] == 0
     assert e["gemm_fraction"] == pytest.approx(e["gemm_limit_epoch_seconds"] / e["epoch_seconds"])
     assert e["vs_plain_pytorch"] == pytest.approx(e["epoch_seconds"] / e["plain_pytorch_epoch_seconds"])
+    assert e["epoch_seconds_min"] == e["epoch_seconds_mean"] == e["epoch_seconds"] and e["epoch_seconds_iqr"] == 0
+    assert e["plain_pytorch_epoch_seconds_min"] == e["plain_pytorch_epoch_seconds"]
     assert all(e[k] > 0 for k in ("epoch_seconds", "gemm_limit_epoch_seconds", "plain_pytorch_epoch_seconds"))
     assert 0 <= e["accuracy"] <= 1 and 0 <= e["plain_pytorch_accuracy"] <= 1
     assert "vs_plain_pytorch" in capsys.readouterr().out

@@ -33,10 +33,10 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="instead: whole training epochs of the default cat/dog job against the GEMM limit and "
         "scripts/plain_pytorch_baseline.py (the JPEGs in --data-root or ../shared/data/cifar10-jpg, "
-        "else synthetic images); --quick: 3 epochs, under two minutes",
+        "else synthetic images); --quick: 5 epochs, under two minutes",
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="--end-to-end: epochs of each side (default 10, or 3 with --quick)"
+        "--epochs", type=int, default=None, help="--end-to-end: epochs of each side (default 10, or 5 with --quick)"
     )
     parser.add_argument(
         "--rounds",
