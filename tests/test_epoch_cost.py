@@ -20,19 +20,6 @@ from mlp_torch.training.loop import Callback
 from mlp_torch.training.state import TrainState
 
 
-def test_figures_are_drawn_every_fifth_epoch_and_at_the_last_by_default(tmp_path, monkeypatch):
-    drawn: list[int] = []
-    monkeypatch.setattr(TensorBoardLog, "figures", lambda self, state: drawn.append(state.epoch))
-    data = DataOptions(
-        dataset="synthetic", synthetic_train_per_class=8, synthetic_test_per_class=2, image_size=4, cache=False
-    )
-    config = TrainConfig(
-        hidden=[4], epochs=6, batch_size=16, device="cpu", runs_dir=tmp_path, progress=False, data=data
-    )
-    train(config)
-    assert drawn == [5, 6]
-
-
 def _tiny(tmp_path, epochs: int) -> TrainConfig:
     data = DataOptions(
         dataset="synthetic", synthetic_train_per_class=32, synthetic_test_per_class=4, image_size=4, cache=False
@@ -40,6 +27,13 @@ def _tiny(tmp_path, epochs: int) -> TrainConfig:
     return TrainConfig(
         hidden=[8], epochs=epochs, batch_size=16, device="cpu", runs_dir=tmp_path, progress=False, data=data
     )
+
+
+def test_figures_are_drawn_every_fifth_epoch_and_at_the_last_by_default(tmp_path, monkeypatch):
+    drawn: list[int] = []
+    monkeypatch.setattr(TensorBoardLog, "figures", lambda self, state: drawn.append(state.epoch))
+    train(_tiny(tmp_path, epochs=6))
+    assert drawn == [5, 6]
 
 
 class EpochEndWeights(Callback):
