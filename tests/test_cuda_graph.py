@@ -1,6 +1,6 @@
 """``--cuda-graphs``: replayed gradients train exactly like eager ones.
 
-The CUDA tests skip without a GPU (none has run them yet; ``scripts/gpu_check.sh`` runs them).
+The CUDA tests skip without a GPU (``scripts/gpu_check.sh`` runs them; they passed on an H100).
 Without one, the capture's structure and the loop around it run against stand-ins for
 ``torch.cuda``'s streams and graph that keep a real graph's contract: the capture records a step on
 the static inputs without running it, and each replay runs it on whatever the static inputs hold,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +24,14 @@ from mlp_torch.errors import DivergenceError, UsageError
 from mlp_torch.models import BACKENDS, Classifier, build_model
 from mlp_torch.training import Callback, TrainConfig, TrainState, cuda_graph, start_run, train, trainer
 from mlp_torch.training.checkpoint import load_checkpoint
-from mlp_torch.training.cuda_graph import GraphedGradients, GraphedStep, Step, eager_gradients, gradient_step
+from mlp_torch.training.cuda_graph import (
+    GraphedGradients,
+    GraphedStep,
+    Step,
+    eager_gradients,
+    gradient_step,
+    uses_cuda_graphs,
+)
 from mlp_torch.training.distributed import World
 from mlp_torch.training.state import StepStats
 
@@ -99,8 +107,12 @@ def test_cuda_graphs_on_the_cpu_is_refused_with_one_line(tmp_path, capsys) -> No
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_cuda_graphs_is_off_unless_asked() -> None:
-    assert TrainConfig().cuda_graphs is None  # off until scripts/gpu_check.sh has passed on a GPU
+def test_cuda_graphs_is_on_by_default_on_cuda_alone() -> None:
+    assert TrainConfig().cuda_graphs is None  # neither flag given
+    assert uses_cuda_graphs(None, torch.device("cuda")) and uses_cuda_graphs(None, torch.device("cuda:1"))
+    assert not uses_cuda_graphs(None, torch.device("cpu")) and not uses_cuda_graphs(None, torch.device("mps"))
+    assert not uses_cuda_graphs(False, torch.device("cuda"))  # --no-cuda-graphs
+    assert uses_cuda_graphs(True, torch.device("cuda"))
 
 
 def test_cuda_graphs_under_torchrun_is_refused() -> None:
@@ -352,6 +364,45 @@ def test_a_run_with_cuda_graphs_trains_like_one_without(tmp_path, monkeypatch, b
     same_runs(graphed, eager)
 
 
+# every kind of run the loop trains, beside the default mlp: each must capture (no sync in its step)
+# and replay into the run it trains eagerly
+VARIANTS = {
+    "softmax": dict(model="softmax"),
+    "perceptron": dict(model="perceptron"),
+    "relu": dict(activation="relu", hidden=[8, 6]),
+    "adam": dict(optimizer="adam", lr=0.01),
+    "label-smoothing": dict(label_smoothing=0.1),
+    "mixup": dict(mixup=0.4),
+    "balance-weights": dict(balance="weights"),
+    "float64": dict(dtype="float64"),
+    "check-grads": dict(check_grads_every=2),
+    "spiral": dict(dataset="spiral"),
+    "sigmoid-output": dict(dataset="spiral", arms=2, output="sigmoid"),
+    "binary-perceptron": dict(dataset="spiral", arms=2, model="perceptron"),
+}
+
+
+def variant_config(runs_dir: Path, variant: str, backend: str, **overrides) -> TrainConfig:
+    values = dict(VARIANTS[variant])
+    data = tiny_config(runs_dir).data
+    if "balance" in values:  # the loss's class weights (all 1 here: the synthetic classes are balanced)
+        data = dataclasses.replace(data, balance=values.pop("balance"))
+    if "dataset" in values:  # 2-D points: 60 in train, of which 54 after the validation split
+        data = DataOptions(dataset=values.pop("dataset"), samples=60, arms=values.pop("arms", 3), cache=False)
+    return tiny_config(runs_dir, backend=backend, data=data, **{**values, **overrides})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("backend", ["custom", "manual"])
+def test_each_kind_of_run_with_cuda_graphs_trains_like_one_without(tmp_path, monkeypatch, variant, backend) -> None:
+    eager = train(variant_config(tmp_path / "eager", variant, backend))
+    fake = FakeCuda()
+    fake.install(monkeypatch)
+    graphed = train(variant_config(tmp_path / "graphed", variant, backend, cuda_graphs=True), callbacks=[Watch(fake)])
+    assert "capture" in fake.log and fake.log.count("replay") >= 2
+    same_runs(graphed, eager)
+
+
 def test_a_non_finite_gradient_under_cuda_graphs_stops_before_the_optimizer_steps(tmp_path, monkeypatch) -> None:
     fake = FakeCuda()
     fake.install(monkeypatch)
@@ -411,6 +462,15 @@ def test_a_cuda_run_with_cuda_graphs_trains_like_one_without(tmp_path, backend: 
     """The whole loop on the GPU: replayed full batches, an eager last batch, a schedule, checkpoints."""
     eager = train(tiny_config(tmp_path / "eager", backend=backend, device="cuda"))
     graphed = train(tiny_config(tmp_path / "graphed", backend=backend, device="cuda", cuda_graphs=True))
+    same_runs(graphed, eager, exact=False)
+
+
+@needs_cuda
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_kind_of_cuda_run_with_cuda_graphs_trains_like_one_without(tmp_path, variant, backend) -> None:
+    eager = train(variant_config(tmp_path / "eager", variant, backend, device="cuda", cuda_graphs=False))
+    graphed = train(variant_config(tmp_path / "graphed", variant, backend, device="cuda"))  # the default on CUDA
     same_runs(graphed, eager, exact=False)
 
 

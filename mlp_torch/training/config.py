@@ -111,8 +111,8 @@ class TrainConfig:
     cuda_graphs: bool | None = option(
         None,
         help="CUDA, one process: replay each full batch's forward and backward from one CUDA graph; the optimizer "
-        "still steps eagerly, after the divergence check (default: off; it becomes the default on CUDA once "
-        "scripts/gpu_check.sh has passed on a GPU, which it has not yet)",
+        "still steps eagerly, after the divergence check (default: on for CUDA in one process, off elsewhere; "
+        "--no-cuda-graphs launches every kernel from Python)",
     )
     dtype: str = option(
         "float32",

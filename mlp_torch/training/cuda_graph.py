@@ -1,8 +1,9 @@
-"""``--cuda-graphs``: each full batch's forward and backward replayed from one CUDA graph.
+"""``--cuda-graphs`` (the default on CUDA): each full batch's forward and backward replayed from one CUDA graph.
 
-NOT YET RUN ON A GPU: written from PyTorch's recipe and tested on the CPU side only, against
-stand-ins for ``torch.cuda``'s streams and graphs (its CUDA tests skip without a GPU). Run
-``scripts/gpu_check.sh`` on a CUDA machine before relying on it.
+Run on an H100 (``scripts/gpu_check.sh``, torch 2.11): every backend, model kind and loss option
+trains the same run replayed as eagerly (``tests/test_cuda_graph.py``), and a synthetic run's losses
+were equal to the last bit; 1.2-2.8x the eager steps/s (README, "On a GPU"). Without a GPU the
+tests run the capture's structure against stand-ins for ``torch.cuda``'s streams and graphs.
 
 On a GPU a small MLP's step is launch-bound: a few dozen kernels of microseconds each, every one
 launched from Python. A CUDA graph records the kernels of one step once and replays them all with
@@ -47,7 +48,7 @@ from .state import StepStats
 
 Step = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
 
-__all__ = ["GraphedGradients", "GraphedStep", "Step", "eager_gradients", "gradient_step"]
+__all__ = ["GraphedGradients", "GraphedStep", "Step", "eager_gradients", "gradient_step", "uses_cuda_graphs"]
 
 
 def gradient_step(model: Classifier, class_weight: Tensor | None = None) -> Step:
@@ -75,6 +76,13 @@ def eager_gradients(model: Classifier, class_weight: Tensor | None = None) -> Ca
 
 def _on_cuda(t: Tensor) -> bool:
     return t.is_cuda
+
+
+def uses_cuda_graphs(flag: bool | None, device: torch.device) -> bool:
+    """Whether one process's run replays its steps: ``--cuda-graphs`` / ``--no-cuda-graphs`` as given,
+    and without either (``None``) on CUDA only (:func:`~mlp_torch.training.trainer.check_cuda_graphs`
+    has refused ``True`` elsewhere)."""
+    return flag if flag is not None else device.type == "cuda"
 
 
 class GraphedStep:

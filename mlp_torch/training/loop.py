@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..data.targets import mixup, smooth_labels
 from ..errors import DivergenceError
-from .cuda_graph import GraphedGradients, eager_gradients
+from .cuda_graph import GraphedGradients, eager_gradients, uses_cuda_graphs
 from .distributed import evaluate_sharded
 from .interrupt import SIGNALS
 from .state import EpochProgress, StepStats, TrainState, finite_grad_sq, layers_grad_sq
@@ -123,7 +123,7 @@ def choose_gradient_step(state: TrainState) -> Callable[[Tensor, Tensor], StepSt
             return all_reduce_step(state, loss, logits, y)  # the whole batch's gradient; the one sync
 
         return all_reduced
-    if state.config.cuda_graphs:
+    if uses_cuda_graphs(state.config.cuda_graphs, state.device):
         return GraphedGradients(model, class_weight, state.config.batch_size)
     return eager_gradients(model, class_weight)
 
