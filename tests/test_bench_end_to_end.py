@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlp_torch import cli
+from mlp_torch.data import DataOptions
 from mlp_torch.errors import MlpTorchError, UsageError
 from mlp_torch.models import build_model
 from mlp_torch.training import bench_end_to_end
@@ -64,6 +65,31 @@ def test_end_to_end_writes_the_documented_json(tmp_path, monkeypatch, capsys):
     assert all(e[k] > 0 for k in ("epoch_seconds", "gemm_limit_epoch_seconds", "plain_pytorch_epoch_seconds"))
     assert 0 <= e["accuracy"] <= 1 and 0 <= e["plain_pytorch_accuracy"] <= 1
     assert "vs_plain_pytorch" in capsys.readouterr().out
+
+
+def test_the_gemm_rate_brackets_the_epochs_it_is_compared_with(tmp_path, monkeypatch):
+    """Timed just before the first epoch's clock starts and once the run has ended, never in between."""
+    events: list[str] = []
+    real_rate, real_end = GemmShapes.mm_rate, bench_end_to_end.EpochTimer.on_epoch_end
+
+    def rate(self, rounds, device):
+        events.append("rate")
+        return real_rate(self, rounds, device)
+
+    def epoch_end(self, state):
+        events.append("epoch")
+        real_end(self, state)
+
+    monkeypatch.setattr(GemmShapes, "mm_rate", rate)
+    monkeypatch.setattr(bench_end_to_end.EpochTimer, "on_epoch_end", epoch_end)
+    data = DataOptions(
+        dataset="synthetic", synthetic_train_per_class=20, synthetic_test_per_class=5, image_size=4, cache=False
+    )
+    settings = bench_end_to_end.EndToEndSettings(epochs=2, gemm_rounds=3)
+    seconds, _, state, gemm_rate = bench_end_to_end.train_ours(tmp_path, data, settings, "cpu", seed=0)
+    assert events == ["rate", "epoch", "epoch", "rate"] and len(seconds) == 2
+    assert len(gemm_rate.rates) == 6 and all(r > 0 for r in gemm_rate.rates)
+    assert gemm_rate.gemms is not None and gemm_rate.gemms.sizes == [48, *state.config.hidden, 3]
 
 
 def test_end_to_end_refuses_zero_epochs(capsys):
@@ -149,5 +175,5 @@ def test_gpu_check_steps_fit_in_eight_minutes():
     for line in (REPO / "scripts" / "gpu_check.sh").read_text().splitlines():
         words = line.split()
         if len(words) > 2 and words[0] == "step" and words[2].isdigit():
-            total += int(words[2]) * (3 if "$backend" in words[1] else 1)
+            total += int(words[2]) * (3 if "backend" in words[1] else 1)  # "train_$backend", "train_${backend}_..."
     assert 300 < total <= 8 * 60 - 20, f"the steps' limits add up to {total} s"

@@ -6,10 +6,11 @@ Three numbers, measured in one run on the same images and threads:
   3072-512-2 sigmoid MLP, SGD, batch 128) on cat/dog, everything included: batching and
   augmentation, the steps, validation, TensorBoard, checkpoints (from one epoch's end to the next);
 * ``gemm_limit_epoch_seconds``: what the epoch's matrix products alone take, from the model's
-  FLOPs at the rate of bare ``torch.mm`` on the step's own GEMM shapes, timed before and after the
-  training. Per training image and layer ``in → out``: ``2·in·out`` for the forward ``x Wᵀ``, as
-  many for ``dW = daᵀ x`` and, above the first layer, for ``dx = da W``; per validation image the
-  forward. ``gemm_fraction`` = limit / measured: 1.0 would mean nothing but GEMMs;
+  FLOPs at the rate of bare ``torch.mm`` on the step's own GEMM shapes, timed just before the first
+  epoch and just after the run (:class:`GemmRate`), so that it brackets the epochs. Per training
+  image and layer ``in → out``: ``2·in·out`` for the forward ``x Wᵀ``, as many for ``dW = daᵀ x``
+  and, above the first layer, for ``dx = da W``; per validation image the forward.
+  ``gemm_fraction`` = limit / measured: 1.0 would mean nothing but GEMMs;
 * ``plain_pytorch_epoch_seconds``: the same job written as an idiomatic script
   (``scripts/plain_pytorch_baseline.py``: ImageFolder + DataLoader + torchvision transforms +
   ``nn.Sequential``, at the best DataLoader worker count it finds), run as its own process.
@@ -172,10 +173,29 @@ def write_synthetic_folder(folder: Path, settings: EndToEndSettings, seed: int) 
     return folder
 
 
+class GemmRate(Callback):
+    """Bare ``torch.mm``'s rate on the run's own GEMM shapes, as training starts (before the epochs' clock).
+
+    :func:`train_ours` measures it again once the run has ended, so the limit brackets the very
+    epochs it is compared with: a machine that runs slower for a while (other jobs, clocks) slows both.
+    """
+
+    def __init__(self, batch_size: int, rounds: int) -> None:
+        self.batch_size, self.rounds = batch_size, rounds
+        self.gemms: GemmShapes | None = None
+        self.rates: list[float] = []
+
+    def on_train_start(self, state: TrainState) -> None:
+        sizes = [state.data.in_features, *state.config.hidden, state.data.num_classes]
+        self.gemms = GemmShapes(sizes, self.batch_size)
+        self.rates += self.gemms.mm_rate(self.rounds, state.device)
+
+
 def train_ours(
     runs_dir: Path, data: DataOptions, settings: EndToEndSettings, device: str, seed: int
-) -> tuple[list[float], dict[str, Any], TrainState]:
-    """``mlp-torch train``'s default job on ``data``, its per-epoch wall times and final metrics."""
+) -> tuple[list[float], dict[str, Any], TrainState, GemmRate]:
+    """``mlp-torch train``'s default job on ``data``: its per-epoch wall times, final metrics, state,
+    and the ``torch.mm`` rate on its GEMM shapes just before and just after its epochs."""
     config = TrainConfig(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -185,12 +205,15 @@ def train_ours(
         progress=False,
         data=data,
     )
-    timer = EpochTimer()
+    timer, gemm_rate = EpochTimer(), GemmRate(settings.batch_size, settings.gemm_rounds)
     with start_run(config) as state:
-        # every callback of a run but the console lines: the bench prints its own report
+        # every callback of a run but the console lines (the bench prints its own report); the rate
+        # first, the epochs' clock last: the clock starts once the others have started
         callbacks = [c for c in default_callbacks(state) if not isinstance(c, ConsoleOutput)]
-        metrics = fit(state, CallbackList([*callbacks, timer]))
-    return timer.seconds, metrics, state
+        metrics = fit(state, CallbackList([gemm_rate, *callbacks, timer]))
+    assert gemm_rate.gemms is not None, "fit calls on_train_start"
+    gemm_rate.rates += gemm_rate.gemms.mm_rate(settings.gemm_rounds, state.device)  # the run closed: after
+    return timer.seconds, metrics, state, gemm_rate
 
 
 def run_baseline(
@@ -245,14 +268,12 @@ def run_end_to_end(data_root: Path, device: torch.device, settings: EndToEndSett
         data = DataOptions(dataset="folder", data_root=root, classes=list(CLASSES))
         if not real:  # the synthetic images at their size, decoded into the scratch folder
             data = dataclasses.replace(data, image_size=settings.synthetic_image_size, cache_dir=scratch)
-        seconds, metrics, state = train_ours(scratch / "runs", data, settings, str(device), seed)
-        sizes = [state.data.in_features, *state.config.hidden, state.data.num_classes]
-        gemms = GemmShapes(sizes, settings.batch_size)
-        rates = gemms.mm_rate(settings.gemm_rounds, device)
+        seconds, metrics, state, gemm_rate = train_ours(scratch / "runs", data, settings, str(device), seed)
+        gemms = gemm_rate.gemms
+        assert gemms is not None
         n_train, n_val = len(state.data.train), len(state.data.val)
         baseline = run_baseline(root, settings, device, seed, threads)
-        rates += gemms.mm_rate(settings.gemm_rounds, device)
-    rate = statistics.median(rates)
+    rate = statistics.median(gemm_rate.rates)
     epoch_flops = n_train * gemms.train_flops_per_image() + n_val * gemms.forward_flops_per_image()
     limit = epoch_flops / rate
     ours, theirs = Spread.of(seconds), Spread.of(baseline["epoch_seconds_each"])
