@@ -59,7 +59,10 @@ class EndToEndSettings:
 
     Five, not fewer: the first epoch warms up, the second shares the cores with the background write
     of the first one's checkpoints, and the last draws the figures, so of three epochs the median
-    would be one of those; of five it is an ordinary one, as of a whole run's.
+    would be one of those. Of five it is the slower of the two ordinary epochs or the fastest of the
+    other three, often the warm-up (3 of 5 runs on 2026-11-26, 2-core machine: 1-4 % above the
+    slower ordinary epoch); the full run's ten epochs hold six ordinary ones (the fifth draws the
+    figures too), so its median is an ordinary epoch's.
     """
 
     epochs: int = 10
