@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import DivergenceError, MlpTorchError, WriteError
 from ..training import Callback, CallbackList, TrainState, fit, start_run
-from ..training.callbacks import ConsoleOutput, default_callbacks
+from ..training.callbacks import default_callbacks
 from ..training.config import TrainConfig
 from ..training.rundir import write_json
 from .plan import SweepPlan, run_name
@@ -76,8 +76,7 @@ class ReportToPruner(Callback):
 def train_quietly(config: TrainConfig, callbacks: list[Callback]) -> dict[str, Any]:
     """``train(config)`` without the console's lines (a sweep prints one line per trial instead)."""
     with start_run(config) as state:
-        quiet = [c for c in default_callbacks(state) if not isinstance(c, ConsoleOutput)]
-        return fit(state, CallbackList([*quiet, *callbacks]))
+        return fit(state, CallbackList([*default_callbacks(state, console=False), *callbacks]))
 
 
 def run_trial(

@@ -40,7 +40,7 @@ import torch
 from ..bench import Spread
 from ..data import DataOptions, load_data
 from ..errors import MlpTorchError, UsageError
-from .callbacks import ConsoleOutput, default_callbacks
+from .callbacks import default_callbacks
 from .config import TrainConfig
 from .loop import Callback, CallbackList
 from .state import TrainState
@@ -212,7 +212,7 @@ def train_ours(
     with start_run(config) as state:
         # every callback of a run but the console lines (the bench prints its own report); the rate
         # first, the epochs' clock last: the clock starts once the others have started
-        callbacks = [c for c in default_callbacks(state) if not isinstance(c, ConsoleOutput)]
+        callbacks = default_callbacks(state, console=False)
         metrics = fit(state, CallbackList([gemm_rate, *callbacks, timer]))
     assert gemm_rate.gemms is not None, "fit calls on_train_start"
     gemm_rate.rates += gemm_rate.gemms.mm_rate(settings.gemm_rounds, state.device)  # the run closed: after

@@ -427,15 +427,15 @@ class MetricsFile(Callback):
         return state.run_dir / "metrics.json"
 
 
-def default_callbacks(state: TrainState, writers: bool = True) -> list[Callback]:
+def default_callbacks(state: TrainState, writers: bool = True, console: bool = True) -> list[Callback]:
     """The callbacks of every run, in the order they run.
 
     Args:
         state: the run, its directory made.
         writers: also the ones that write the run's files (under torchrun, rank 0's alone).
+        console: also the progress bar and the epoch lines (a sweep and the bench print their own).
     """
     config = state.config
-    show_bar = config.progress if config.progress is not None else sys.stderr.isatty()
     callbacks: list[Callback] = [GracefulStop(before_step=state.world.size > 1)]
     if writers:
         log = RunLogger(state.run_dir)
@@ -443,4 +443,6 @@ def default_callbacks(state: TrainState, writers: bool = True) -> list[Callback]
         # the pictures write into the log before TensorBoardLog closes it
         callbacks += [*picture_callbacks(state, log)]
         callbacks += [TensorBoardLog(log, config.histogram_every, config.log_every, config.check_grads_every > 0)]
-    return [*callbacks, ConsoleOutput(show_bar)]
+    if console:
+        callbacks.append(ConsoleOutput(config.progress if config.progress is not None else sys.stderr.isatty()))
+    return callbacks
