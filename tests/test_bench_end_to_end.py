@@ -17,11 +17,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlp_torch import cli
+from mlp_torch.bench import gemm_calls
 from mlp_torch.data import DataOptions
 from mlp_torch.errors import MlpTorchError, UsageError
 from mlp_torch.models import build_model
 from mlp_torch.training import bench_end_to_end
-from mlp_torch.training.bench_end_to_end import GemmShapes
+from mlp_torch.training.bench_end_to_end import GemmRate, forward_flops
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {
@@ -70,17 +71,17 @@ def test_end_to_end_writes_the_documented_json(tmp_path, monkeypatch, capsys):
 def test_the_gemm_rate_brackets_the_epochs_it_is_compared_with(tmp_path, monkeypatch):
     """Timed just before the first epoch's clock starts and once the run has ended, never in between."""
     events: list[str] = []
-    real_rate, real_end = GemmShapes.mm_rate, bench_end_to_end.EpochTimer.on_epoch_end
+    real_rate, real_end = GemmRate.measure, bench_end_to_end.EpochTimer.on_epoch_end
 
-    def rate(self, rounds, device):
+    def rate(self, device):
         events.append("rate")
-        return real_rate(self, rounds, device)
+        return real_rate(self, device)
 
     def epoch_end(self, state):
         events.append("epoch")
         real_end(self, state)
 
-    monkeypatch.setattr(GemmShapes, "mm_rate", rate)
+    monkeypatch.setattr(GemmRate, "measure", rate)
     monkeypatch.setattr(bench_end_to_end.EpochTimer, "on_epoch_end", epoch_end)
     data = DataOptions(
         dataset="synthetic", synthetic_train_per_class=20, synthetic_test_per_class=5, image_size=4, cache=False
@@ -89,7 +90,10 @@ def test_the_gemm_rate_brackets_the_epochs_it_is_compared_with(tmp_path, monkeyp
     seconds, _, state, gemm_rate = bench_end_to_end.train_ours(tmp_path, data, settings, "cpu", seed=0)
     assert events == ["rate", "epoch", "epoch", "rate"] and len(seconds) == 2
     assert len(gemm_rate.rates) == 6 and all(r > 0 for r in gemm_rate.rates)
-    assert gemm_rate.gemms is not None and gemm_rate.gemms.sizes == [48, *state.config.hidden, 3]
+    sizes = [48, *state.config.hidden, 3]  # the run's own layers: forward, dW, and dx above the first
+    forward = sum(2 * n_in * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    assert gemm_rate.forward_flops_per_image == forward
+    assert gemm_rate.train_flops_per_image == 3 * forward - 2 * sizes[0] * sizes[1]
 
 
 def test_end_to_end_refuses_zero_epochs(capsys):
@@ -106,11 +110,11 @@ def test_gemm_flops_are_those_a_training_step_runs(sizes):
     x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
     with FlopCounterMode(display=False) as counter:
         model.compute_gradients(x, y)
-    gemms = GemmShapes(sizes, batch)
-    assert gemms.train_flops_per_image() * batch == counter.get_total_flops()
+    _, flops = gemm_calls(model, batch, torch.device("cpu"))
+    assert flops == counter.get_total_flops()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
-    assert gemms.forward_flops_per_image() * batch == counter.get_total_flops()
+    assert forward_flops(model) * batch == counter.get_total_flops()
 
 
 def test_baseline_refuses_bad_arguments_in_one_line(tmp_path, capsys):

@@ -31,15 +31,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..bench import Spread
+from ..bench import Spread, gemm_calls, time_call
 from ..data import DataOptions, load_data
 from ..errors import MlpTorchError, UsageError
+from ..models import Classifier
 from .callbacks import default_callbacks
 from .config import TrainConfig
 from .loop import Callback, CallbackList
@@ -95,53 +97,9 @@ class EpochTimer(Callback):
         self.last = now
 
 
-@dataclass
-class GemmShapes:
-    """The matrix products of one training step of an MLP ``sizes[0] → … → sizes[-1]`` at ``batch``."""
-
-    sizes: list[int]
-    batch: int
-    shapes: list[tuple[int, int, int]] = field(init=False)  # (m, k, n) of each m×k @ k×n
-
-    def __post_init__(self) -> None:
-        b = self.batch
-        self.shapes = []
-        for layer, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:])):
-            self.shapes.append((b, n_in, n_out))  # a = x Wᵀ          B,in @ in,out
-            self.shapes.append((n_out, b, n_in))  # dW = daᵀ x        out,B @ B,in
-            if layer > 0:
-                self.shapes.append((b, n_out, n_in))  # dx = da W     B,out @ out,in
-
-    def train_flops_per_image(self) -> int:
-        return sum(2 * m * k * n for m, k, n in self.shapes) // self.batch
-
-    def forward_flops_per_image(self) -> int:
-        return sum(2 * n_in * n_out for n_in, n_out in zip(self.sizes, self.sizes[1:]))
-
-    def mm_rate(self, rounds: int, device: torch.device) -> list[float]:
-        """FLOP/s of bare ``torch.mm`` on these shapes, one figure per round (after one warm-up)."""
-        operands = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device)) for m, k, n in self.shapes]
-        flops = sum(2 * m * k * n for m, k, n in self.shapes)
-        rates = []
-        for r in range(rounds + 1):
-            synchronize(device)
-            started = time.perf_counter()
-            for a, b in operands:
-                torch.mm(a, b)
-            synchronize(device)
-            if r:
-                rates.append(flops / (time.perf_counter() - started))
-        return rates
-
-
 def load_average() -> float | None:
     """The 1-minute load average (``None`` where the system has none)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def find_images(data_root: Path) -> Path | None:
@@ -181,17 +139,33 @@ class GemmRate(Callback):
 
     :func:`train_ours` measures it again once the run has ended, so the limit brackets the very
     epochs it is compared with: a machine that runs slower for a while (other jobs, clocks) slows both.
+    The calls and their FLOPs are ``mlp-torch bench``'s (:func:`~mlp_torch.bench.gemm_calls`).
     """
 
     def __init__(self, batch_size: int, rounds: int) -> None:
         self.batch_size, self.rounds = batch_size, rounds
-        self.gemms: GemmShapes | None = None
-        self.rates: list[float] = []
+        self.gemms: Callable[[], None] | None = None
+        self.train_flops_per_image = 0.0
+        self.forward_flops_per_image = 0.0
+        self.rates: list[float] = []  # FLOP/s, one figure per round
 
     def on_train_start(self, state: TrainState) -> None:
-        sizes = [state.data.in_features, *state.config.hidden, state.data.num_classes]
-        self.gemms = GemmShapes(sizes, self.batch_size)
-        self.rates += self.gemms.mm_rate(self.rounds, state.device)
+        self.gemms, flops = gemm_calls(state.model, self.batch_size, state.device)
+        self.train_flops_per_image = flops / self.batch_size
+        self.forward_flops_per_image = forward_flops(state.model)
+        self.measure(state.device)
+
+    def measure(self, device: torch.device) -> None:
+        """One warm-up call of the GEMMs, then ``rounds`` timed ones: their FLOP/s into :attr:`rates`."""
+        assert self.gemms is not None, "on_train_start first"
+        clock = "cuda-events" if device.type == "cuda" else "wall"
+        times = [time_call(self.gemms, device, clock) for _ in range(self.rounds + 1)][1:]
+        self.rates += [self.train_flops_per_image * self.batch_size / (ms / 1e3) for ms in times]
+
+
+def forward_flops(model: Classifier) -> float:
+    """The FLOPs of one image's forward pass through ``model``'s layers: ``2·in·out`` each."""
+    return 2.0 * sum(layer.weight.numel() for layer in model.layers)
 
 
 def train_ours(
@@ -214,8 +188,7 @@ def train_ours(
         # first, the epochs' clock last: the clock starts once the others have started
         callbacks = default_callbacks(state, console=False)
         metrics = fit(state, CallbackList([gemm_rate, *callbacks, timer]))
-    assert gemm_rate.gemms is not None, "fit calls on_train_start"
-    gemm_rate.rates += gemm_rate.gemms.mm_rate(settings.gemm_rounds, state.device)  # the run closed: after
+    gemm_rate.measure(state.device)  # the run closed: after
     return timer.seconds, metrics, state, gemm_rate
 
 
@@ -272,12 +245,10 @@ def run_end_to_end(data_root: Path, device: torch.device, settings: EndToEndSett
         if not real:  # the synthetic images at their size, decoded into the scratch folder
             data = dataclasses.replace(data, image_size=settings.synthetic_image_size, cache_dir=scratch)
         seconds, metrics, state, gemm_rate = train_ours(scratch / "runs", data, settings, str(device), seed)
-        gemms = gemm_rate.gemms
-        assert gemms is not None
         n_train, n_val = len(state.data.train), len(state.data.val)
         baseline = run_baseline(root, settings, device, seed, threads)
     rate = statistics.median(gemm_rate.rates)
-    epoch_flops = n_train * gemms.train_flops_per_image() + n_val * gemms.forward_flops_per_image()
+    epoch_flops = n_train * gemm_rate.train_flops_per_image + n_val * gemm_rate.forward_flops_per_image
     limit = epoch_flops / rate
     ours, theirs = Spread.of(seconds), Spread.of(baseline["epoch_seconds_each"])
     epoch, plain = ours.median, theirs.median
