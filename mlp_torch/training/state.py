@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..data import DataBundle, DeviceBatches, Preprocessor, Split, Standardizer, Whitener, preprocessor_from_state
+from ..data import DataBundle, DeviceBatches, Preprocessor, Split, Standardizer, Whitener
 from ..models import Classifier
 from .config import TrainConfig
 from .distributed import World
@@ -224,13 +224,12 @@ class TrainState:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        """Continue where ``ckpt`` (a :meth:`state_dict`) stopped, on the schedule of this config's epochs."""
+        """Continue where ``ckpt`` (a :meth:`state_dict`) stopped, on the schedule of this config's epochs.
+
+        The preprocessing is not loaded here: the batches are cut from images it made, so the state
+        is built with it (``new_state(..., preprocess=preprocessor_from_state(...))``, as ``start_run`` does).
+        """
         self.model.load_state_dict(ckpt["model_state"])
-        self.standardizer = preprocessor_from_state(ckpt["standardizer"], ckpt.get("whitener")).to(self.device)
-        if isinstance(self.standardizer, Whitener):  # the training images, whitened by the saved map
-            self.batches.x = self.standardizer.images(self.data.train.x.to(self.device))
-        else:
-            self.batches.standardizer = self.standardizer
         self.optimizer.load_state_dict(ckpt["optimizer"])
         restore_scheduler(self.scheduler, ckpt["scheduler"])
         generator = self.batches.generator

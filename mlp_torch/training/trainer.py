@@ -46,12 +46,14 @@ import torch
 from ..data import (
     DataBundle,
     DeviceBatches,
+    Preprocessor,
     Standardizer,
     Whitener,
     balance_weights,
     describe_data_change,
     fit_preprocessor,
     load_data,
+    preprocessor_from_state,
 )
 from ..errors import DataError, UsageError, WriteError
 from ..models import build_model
@@ -181,7 +183,9 @@ def start_run(config: TrainConfig, resume: Path | None = None) -> Iterator[Train
         data = load_same_data(world, config, allow_download=resume is None)  # a resume never downloads
         if resume is not None:
             world.on_main(lambda: check_same_data(resume, ckpt, data))
-        state = new_state(config, data, device, world)
+        # a resumed run's images are preprocessed by the map it saved, not fitted again
+        saved = None if resume is None else preprocessor_from_state(ckpt["standardizer"], ckpt.get("whitener"))
+        state = new_state(config, data, device, world, preprocess=saved)
         if resume is None:
             state.run_dir = world.on_main(lambda: make_new_run(state, cleanup))
         else:
@@ -227,14 +231,23 @@ def make_checkpoints_folder(run_dir: Path) -> None:
         raise WriteError(f"cannot create {run_dir / 'checkpoints'}: {err.strerror or err}") from None
 
 
-def new_state(config: TrainConfig, data: DataBundle, device: torch.device, world: World | None = None) -> TrainState:
+def new_state(
+    config: TrainConfig,
+    data: DataBundle,
+    device: torch.device,
+    world: World | None = None,
+    preprocess: Preprocessor | None = None,
+) -> TrainState:
     """A run at its start: the model initialised, the data on ``device``, the optimizer and schedule fresh.
 
-    With several processes (``world``) each one's batches are its rows of every batch.
+    With several processes (``world``) each one's batches are its rows of every batch. ``preprocess``
+    is the training split's standardiser (or whitener); ``None`` fits it (a resumed run passes its
+    checkpoint's, so that its images are whitened once, by the saved map).
     """
     world = world or World()
     dtype = DTYPES[config.dtype]
-    preprocess = fit_preprocessor(data.train.x, config.data.whiten, config.data.zca_eps)
+    if preprocess is None:
+        preprocess = fit_preprocessor(data.train.x, config.data.whiten, config.data.zca_eps)
     model = build_model(
         kind=config.model,
         in_features=data.in_features,
