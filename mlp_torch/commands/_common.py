@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 from collections.abc import Sequence
 from typing import NoReturn
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd program
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
+
+
+def signal_exit(name: str | None) -> int:
+    """The exit code of a run a signal stopped: 128 + its number, as a shell reports it (SIGTERM: 143);
+    :data:`INTERRUPTED_EXIT` for a stop no signal asked for."""
+    return 128 + signal.Signals[name].value if name else INTERRUPTED_EXIT
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

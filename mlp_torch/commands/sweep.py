@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from ..data import DataOptions
 from ..sweep.plan import PRUNERS, SAMPLERS
 from ..sweep.space import NOT_SWEEP_FLAGS, field_kinds
 from ..training.config import TrainConfig
-from ._common import INTERRUPTED_EXIT, HelpFormatter
+from ._common import HelpFormatter, signal_exit
 from ._flags import DATA_FIELDS, MODEL_FIELDS, add_space_fields
 from .train import OPTIMISATION_FIELDS, RUN_FIELDS, train_command
 
@@ -134,7 +133,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
     print_line(f"\n{sweep_dir / SUMMARY_FILE}; watch the runs with: tensorboard --logdir {sweep_dir / TRIALS_DIR}")
     if outcome.signal:
-        return 128 + signal.Signals[outcome.signal].value if outcome.signal != "SIGINT" else INTERRUPTED_EXIT
+        return signal_exit(outcome.signal)
     if best is None:
         print_line("no trial has completed (see the lines above for why)")
         return 1

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..data.saved import LOCATION_KEYS, data_options_from_saved, location_overrides
 from ..training.config import TrainConfig
-from ._common import INTERRUPTED_EXIT, HelpFormatter
+from ._common import HelpFormatter, signal_exit
 from ._flags import (
     DATA_FIELDS,
     MODEL_FIELDS,
@@ -122,8 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
                 f"\nstopped after {metrics['epochs']} complete epoch(s); the exact position is saved in "
                 f"{run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  mlp-torch train --resume {run_dir}"
             )
-        # 128 + the signal's number, as a shell reports a program the signal stopped (SIGTERM: 143)
-        return 128 + signal.Signals[metrics["signal"]].value if metrics.get("signal") else INTERRUPTED_EXIT
+        return signal_exit(metrics.get("signal"))
     return 0
 
 
