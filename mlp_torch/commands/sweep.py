@@ -8,7 +8,7 @@ from typing import Any
 
 from ..data import DataOptions
 from ..sweep.plan import PRUNERS, SAMPLERS
-from ..sweep.space import NOT_SWEEP_FLAGS, field_kinds
+from ..sweep.space import NOT_SWEEP_FLAGS, Choices, Range, field_kinds
 from ..training.config import TrainConfig
 from ._common import HelpFormatter, signal_exit
 from ._flags import DATA_FIELDS, MODEL_FIELDS, add_space_fields
@@ -101,10 +101,10 @@ def plan_from_args(args: argparse.Namespace) -> Any:
             value = " ".join(value)  # --hidden as typed: "1024 1024" or "512|1024 1024"
         if name in kinds and isinstance(value, str):
             value = parse_flag(kinds[name], value)
-        if isinstance(value, (str, int, float, bool, list, Path, type(None))):
-            fixed[name] = value
-        else:
+        if isinstance(value, (Range, Choices)):
             spaces[name] = value
+        else:
+            fixed[name] = value
     check_space(fixed, spaces)
     return SweepPlan(fixed, spaces, args.trials, args.seeds, args.sampler, args.pruner)
 

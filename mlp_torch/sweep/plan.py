@@ -78,8 +78,7 @@ class SweepPlan:
         if base.data.val_fraction <= 0:
             raise UsageError("a sweep chooses by the validation split: --val-fraction must be above 0")
         if self.sampler == "grid":
-            for name, space in self.spaces.items():
-                grid_values(space, field_kinds()[name].flag)
+            self.grid()  # raises for a space a grid cannot list
 
     @property
     def base(self) -> TrainConfig:
