@@ -44,16 +44,27 @@ def ranked(trials: Sequence[Any]) -> list[Any]:
     return sorted(done, key=lambda t: (-t.value, t.number))
 
 
+def best_trial(trials: Sequence[Any]) -> Any | None:
+    """The best completed trial (:func:`ranked`'s first), ``None`` before one has completed."""
+    order = ranked(trials)
+    return order[0] if order else None
+
+
 def run_dir(trial: Any) -> str | None:
     dirs = trial.user_attrs.get("run_dirs") or []
     return dirs[0] if dirs else None
 
 
 def summary(
-    study: Any, storage: str, plan: SweepPlan, command_for: Callable[[TrainConfig], str], trials_dir: str
+    study: Any,
+    trials: Sequence[Any],
+    storage: str,
+    plan: SweepPlan,
+    command_for: Callable[[TrainConfig], str],
+    trials_dir: str,
 ) -> dict[str, Any]:
-    """``sweep.json``: the study, its storage, every trial, and the best (with its test scores and command)."""
-    trials = study.get_trials(deepcopy=False)
+    """``sweep.json``: the study, its storage, every trial (``trials``: the study's, as just read), and the
+    best (with its test scores and command)."""
     entries = [
         {
             "number": t.number,
@@ -64,12 +75,12 @@ def summary(
         }
         for t in trials
     ]
-    best = ranked(trials)[0] if ranked(trials) else None
+    top = best_trial(trials)
     return {
         "study": study.study_name,
         "storage": storage,
         "trials": entries,
-        "best": None if best is None else best_entry(best, plan, command_for, trials_dir),
+        "best": None if top is None else best_entry(top, plan, command_for, trials_dir),
     }
 
 

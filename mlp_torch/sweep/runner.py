@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -44,7 +44,7 @@ from ..training.config import TrainConfig
 from ..training.rundir import write_json
 from ..utils import print_line
 from .plan import SweepPlan
-from .report import counts_toward_total, outcome, progress_line, ranked, summary
+from .report import best_trial, counts_toward_total, outcome, progress_line, summary
 from .storage import StorageSpec, fail_stale_trials, open_study
 from .worker import SIGNALS, WorkerSetup, lock_is_free
 
@@ -145,7 +145,7 @@ class Sweep:
         trials = self.study.get_trials(deepcopy=False)
         if self.fatal:
             raise MlpTorchError(self.fatal)
-        return SweepOutcome(self.write_summary(), trials, self.stopping)
+        return SweepOutcome(self.write_summary(trials), trials, self.stopping)
 
     def loop(self) -> None:
         while True:
@@ -346,13 +346,15 @@ class Sweep:
         trials = self.study.get_trials(deepcopy=False)
         trial = next(t for t in trials if t.number == number)
         done = sum(counts_toward_total(t) and t.state.is_finished() for t in trials)
-        best = ranked(trials)[0] if ranked(trials) else None
         elapsed = time.monotonic() - self.started
-        print_line(progress_line(trial, done, self.plan.trials, best, elapsed, self.plan))
-        self.write_summary()
+        print_line(progress_line(trial, done, self.plan.trials, best_trial(trials), elapsed, self.plan))
+        self.write_summary(trials)
 
-    def write_summary(self) -> dict[str, Any]:
-        result = summary(self.study, self.spec.display, self.plan, self.command_for, str(self.sweep_dir / TRIALS_DIR))
+    def write_summary(self, trials: Sequence[Any]) -> dict[str, Any]:
+        """``sweep.json`` from ``trials`` (the study's, as just read); what it holds."""
+        result = summary(
+            self.study, trials, self.spec.display, self.plan, self.command_for, str(self.sweep_dir / TRIALS_DIR)
+        )
         write_json(self.sweep_dir / SUMMARY_FILE, result)
         return result
 
