@@ -222,13 +222,16 @@ def all_reduce_step(state: TrainState, loss: Tensor, logits: Tensor, y: Tensor) 
     """
     world, model, class_weight = state.world, state.model, state.class_weight
     dtype = loss.dtype
-    weight = class_weight[y].sum().to(dtype) if class_weight is not None else torch.tensor(len(y), dtype=dtype)
-    weight = weight.to(loss.device)
+    # made on the device, or copied there without waiting: the step's one sync stays the .tolist() below
+    if class_weight is not None:
+        weight = class_weight[y].sum().to(dtype)
+    else:
+        weight = torch.full((), len(y), dtype=dtype, device=loss.device)
     requests = [float(state.should_stop), *(float(state.signal == signal.Signals(s).name) for s in SIGNALS)]
     local = torch.cat(
         [
             torch.stack([weight * loss if len(y) else weight * 0, (logits.argmax(1) == y).sum().to(dtype)]),
-            torch.tensor([len(y), *requests], dtype=dtype, device=loss.device),
+            torch.tensor([len(y), *requests], dtype=dtype).to(loss.device, non_blocking=True),
         ]
     )
     total, sums = world.all_reduce_gradients(model.parameters(), weight, local)
