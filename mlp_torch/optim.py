@@ -108,8 +108,16 @@ class SGD(torch.optim.Optimizer):
             "nesterov": nesterov,
         }
         super().__init__(params, defaults)
-        # sgd_step's scratch tensor per parameter, so that a step allocates nothing: not state, never saved
+        # sgd_step's scratch per parameter, so that a step allocates nothing: not state, never saved
         self._work: dict[Tensor, Tensor] = {}
+
+    # A large parameter on a CPU is stepped a block of this many elements at a time: the scratch for
+    # the modified gradient is then one block that stays in cache, not a fourth parameter-sized tensor
+    # beside w, ∂ℓ/∂w and b. For the default MLP's 3072x512 layer on the 2-core machine that is
+    # ≈ 0.4 ms of ≈ 1.2 ms a step. A multiple of 64, so every element takes the same (vectorised or
+    # not) path through each op as in one whole-tensor op: the same bits. On a GPU every op is a
+    # kernel launch, so whole tensors there.
+    block_elements = 1 << 17
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -119,7 +127,7 @@ class SGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One :func:`sgd_step` for every parameter that has a gradient.
+        """One :func:`sgd_step` for every parameter that has a gradient (large ones on a CPU block by block).
 
         Args:
             closure: optionally re-evaluates the model and returns the loss (as in ``torch.optim``).
@@ -130,25 +138,31 @@ class SGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             hyper = {k: group[k] for k in ("lr", "momentum", "dampening", "nesterov", "weight_decay")}
+            needs_work = group["weight_decay"] != 0 or group["nesterov"]
             for w in group["params"]:
                 if w.grad is None:
                     continue
                 # with momentum, the state holds its buffer (as torch.optim.SGD's does)
-                with_momentum = group["momentum"] != 0
-                b = sgd_step(
-                    w,
-                    w.grad,
-                    self.state[w].get("momentum_buffer") if with_momentum else None,
-                    work=self._work_for(w) if group["weight_decay"] != 0 or group["nesterov"] else None,
-                    **hyper,
-                )
-                if with_momentum:
+                b = self.state[w].get("momentum_buffer") if group["momentum"] != 0 else None
+                if b is not None and self._in_blocks(w, w.grad, b):
+                    n = self.block_elements
+                    work = self._work_for(w, n) if needs_work else None
+                    for wi, gi, bi in zip(w.view(-1).split(n), w.grad.view(-1).split(n), b.view(-1).split(n)):
+                        sgd_step(wi, gi, bi, work=None if work is None else work[: len(wi)], **hyper)  # b in place
+                    continue
+                work = self._work_for(w, w.numel()).view_as(w) if needs_work else None
+                b = sgd_step(w, w.grad, b, work=work, **hyper)
+                if group["momentum"] != 0:
                     self.state[w]["momentum_buffer"] = b
         return loss
 
-    def _work_for(self, w: Tensor) -> Tensor:
-        """The scratch tensor for ``w`` (made on first use, again if ``w`` changed shape, type or device)."""
+    def _in_blocks(self, w: Tensor, g: Tensor, b: Tensor) -> bool:
+        """Whether ``w`` is stepped block by block: larger than a block, on a CPU, all three flat in memory."""
+        return w.device.type == "cpu" and w.numel() > self.block_elements and all(t.is_contiguous() for t in (w, g, b))
+
+    def _work_for(self, w: Tensor, numel: int) -> Tensor:
+        """``w``'s flat scratch of ``numel`` elements (made on first use, again if the size, type or device changed)."""
         work = self._work.get(w)
-        if work is None or work.shape != w.shape or work.dtype != w.dtype or work.device != w.device:
-            work = self._work[w] = torch.empty_like(w, memory_format=torch.contiguous_format)
+        if work is None or work.numel() != numel or work.dtype != w.dtype or work.device != w.device:
+            work = self._work[w] = torch.empty(numel, dtype=w.dtype, device=w.device)
         return work

@@ -160,3 +160,43 @@ def test_the_trainer_builds_our_sgd_and_torch_adam() -> None:
     plain = build_optimizer(TrainConfig(momentum=0.0, nesterov=False, weight_decay=0.0), params)
     assert type(plain) is SGD and plain.param_groups[0]["momentum"] == 0.0
     assert type(build_optimizer(TrainConfig(optimizer="adam"), params)) is torch.optim.Adam
+
+
+@pytest.mark.parametrize("variant", [v for v, kwargs in VARIANTS.items() if kwargs.get("momentum")])
+def test_large_parameters_step_block_by_block_to_the_same_bits(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a momentum buffer, a CPU parameter above ``block_elements`` is stepped a block at a time.
+
+    1,073 elements in blocks of 64: sixteen whole blocks and a remainder of 49 (one element off the
+    vectorised path, as in the whole tensor); the weights, buffers and gradients stay torch's bits.
+    """
+    kwargs = VARIANTS[variant]
+    g = torch.Generator().manual_seed(3)
+    shapes = [(37, 29), (29,), (640,)]  # above, below and at a multiple of the block
+    ours_params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    ref_params = clone(ours_params)
+    ours = SGD(ours_params, lr=0.1, **kwargs)
+    ours.block_elements = 64
+    ref = torch.optim.SGD(ref_params, lr=0.1, foreach=False, **kwargs)
+    sizes: list[int] = []
+    real_step = sgd_step
+
+    def counting_step(w: torch.Tensor, *args: object, **kw: object) -> torch.Tensor | None:
+        sizes.append(w.numel())
+        return real_step(w, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("mlp_torch.optim.sgd_step", counting_step)
+    for step in range(5):
+        for params in (ours_params, ref_params):
+            set_grads(params, step)
+        grads = [p.grad.clone() for p in ours_params if p.grad is not None]
+        ours.step()
+        ref.step()
+        assert all(torch.equal(p, q) for p, q in zip(ours_params, ref_params)), f"step {step}"
+        assert all(torch.equal(p.grad, q) for p, q in zip(ours_params, grads))  # the gradients left as they were
+    assert all(
+        torch.equal(ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"])
+        for p, q in zip(ours_params, ref_params)
+    )
+    # the first step whole (it makes the buffers), then 16 blocks + 1, 29 whole, 10 blocks
+    assert sizes[:3] == [1073, 29, 640]
+    assert sizes[3:] == 4 * ([64] * 16 + [49] + [29] + [64] * 10)
