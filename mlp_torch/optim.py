@@ -157,8 +157,12 @@ class SGD(torch.optim.Optimizer):
         return loss
 
     def _in_blocks(self, w: Tensor, g: Tensor, b: Tensor) -> bool:
-        """Whether ``w`` is stepped block by block: larger than a block, on a CPU, all three flat in memory."""
-        return w.device.type == "cpu" and w.numel() > self.block_elements and all(t.is_contiguous() for t in (w, g, b))
+        """Whether ``w`` is stepped block by block: larger than a block, on a CPU, all three alike and flat in memory.
+
+        (A buffer of another shape takes the whole-tensor step, which refuses it as torch's does.)
+        """
+        flat = all(t.is_contiguous() and t.shape == w.shape for t in (g, b)) and w.is_contiguous()
+        return w.device.type == "cpu" and w.numel() > self.block_elements and flat
 
     def _work_for(self, w: Tensor, numel: int) -> Tensor:
         """``w``'s flat scratch of ``numel`` elements (made on first use, again if the size, type or device changed)."""
