@@ -200,3 +200,16 @@ def test_large_parameters_step_block_by_block_to_the_same_bits(variant: str, mon
     # the first step whole (it makes the buffers), then 16 blocks + 1, 29 whole, 10 blocks
     assert sizes[:3] == [1073, 29, 640]
     assert sizes[3:] == 4 * ([64] * 16 + [49] + [29] + [64] * 10)
+
+
+def test_a_buffer_of_another_shape_is_refused_not_stepped_in_part() -> None:
+    w = torch.nn.Parameter(torch.randn(300))
+    sgd = SGD([w], lr=0.1, momentum=0.9)
+    sgd.block_elements = 64
+    w.grad = torch.ones(300)
+    sgd.step()
+    sgd.state[w]["momentum_buffer"] = torch.zeros(200)  # e.g. a state_dict from another model
+    before = w.detach().clone()
+    with pytest.raises(RuntimeError, match="size"):
+        sgd.step()
+    assert torch.equal(w, before)
