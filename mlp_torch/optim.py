@@ -138,12 +138,13 @@ class SGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             hyper = {k: group[k] for k in ("lr", "momentum", "dampening", "nesterov", "weight_decay")}
+            with_momentum = group["momentum"] != 0
             needs_work = group["weight_decay"] != 0 or group["nesterov"]
             for w in group["params"]:
                 if w.grad is None:
                     continue
                 # with momentum, the state holds its buffer (as torch.optim.SGD's does)
-                b = self.state[w].get("momentum_buffer") if group["momentum"] != 0 else None
+                b = self.state[w].get("momentum_buffer") if with_momentum else None
                 if b is not None and self._in_blocks(w, w.grad, b):
                     n = self.block_elements
                     work = self._work_for(w, n) if needs_work else None
@@ -152,7 +153,7 @@ class SGD(torch.optim.Optimizer):
                     continue
                 work = self._work_for(w, w.numel()).view_as(w) if needs_work else None
                 b = sgd_step(w, w.grad, b, work=work, **hyper)
-                if group["momentum"] != 0:
+                if with_momentum:
                     self.state[w]["momentum_buffer"] = b
         return loss
 

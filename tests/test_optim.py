@@ -166,8 +166,9 @@ def test_the_trainer_builds_our_sgd_and_torch_adam() -> None:
 def test_large_parameters_step_block_by_block_to_the_same_bits(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a momentum buffer, a CPU parameter above ``block_elements`` is stepped a block at a time.
 
-    1,073 elements in blocks of 64: sixteen whole blocks and a remainder of 49 (one element off the
-    vectorised path, as in the whole tensor); the weights, buffers and gradients stay torch's bits.
+    1,073 elements in blocks of 64: sixteen whole blocks and a remainder of 49, whose last elements
+    fall off the vectorised loop as the whole tensor's do; the weights, buffers and gradients stay
+    torch's bits.
     """
     kwargs = VARIANTS[variant]
     g = torch.Generator().manual_seed(3)
