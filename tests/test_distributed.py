@@ -4,7 +4,8 @@ Two processes on the CPU with gloo, on 127.0.0.1, given the environment ``torchr
 workers (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...). They are forked from this process, as
 PyTorch's own distributed tests fork theirs: a fresh interpreter would spend seconds importing
 torch (and ``torch._dynamo``, which the first optimizer imports) before a run of a fraction of a
-second. ``torchrun`` itself only starts such processes and passes signals on to each.
+second. ``torchrun`` itself only starts such processes and passes signals on to each. On a machine
+with CUDA one test also runs two spawned processes on its GPU, gloo reducing CUDA tensors.
 
 In float64 the only differences left between two processes and one are the order of a few
 additions (each process sums its rows' gradients), so after two epochs their parameters agree to
@@ -97,8 +98,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def as_rank(rank: int, world_size: int, port: int, logs: Path, work: Callable[..., int], *args: Any) -> None:
-    """In the forked process: torchrun's environment, the console into ``logs/rank{r}.{out,err}``, then ``work``."""
+def as_rank(
+    rank: int, world_size: int, port: int, logs: Path, one_gpu: bool, work: Callable[..., int], *args: Any
+) -> None:
+    """In the new process: torchrun's environment, the console into ``logs/rank{r}.{out,err}``, then ``work``.
+
+    ``one_gpu``: every process is told ``LOCAL_RANK=0``, so that all of them take ``cuda:0``.
+    """
     for fd, stream in ((1, "out"), (2, "err")):
         file = os.open(logs / f"rank{rank}.{stream}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(file, fd)
@@ -110,7 +116,7 @@ def as_rank(rank: int, world_size: int, port: int, logs: Path, work: Callable[..
         MASTER_PORT=str(port),
         WORLD_SIZE=str(world_size),
         RANK=str(rank),
-        LOCAL_RANK=str(rank),
+        LOCAL_RANK="0" if one_gpu else str(rank),
         OMP_NUM_THREADS="1",
         GLOO_SOCKET_IFNAME="lo",  # the loopback interface only
     )
@@ -118,10 +124,18 @@ def as_rank(rank: int, world_size: int, port: int, logs: Path, work: Callable[..
     sys.exit(work(*args))
 
 
-def launch(logs: Path, work: Callable[..., int], *args: Any, world_size: int = 2) -> list[multiprocessing.Process]:
-    """``world_size`` processes running ``work(*args)``, as torchrun would start them on one machine."""
-    port, fork = free_port(), multiprocessing.get_context("fork")
-    procs = [fork.Process(target=as_rank, args=(r, world_size, port, logs, work, *args)) for r in range(world_size)]
+def launch(
+    logs: Path, work: Callable[..., int], *args: Any, world_size: int = 2, one_gpu: bool = False
+) -> list[multiprocessing.Process]:
+    """``world_size`` processes running ``work(*args)``, as torchrun would start them on one machine.
+
+    Forked, or with ``one_gpu`` spawned (a process forked after this one used CUDA cannot use it)
+    and all on ``cuda:0``.
+    """
+    port, start = free_port(), multiprocessing.get_context("spawn" if one_gpu else "fork")
+    procs = [
+        start.Process(target=as_rank, args=(r, world_size, port, logs, one_gpu, work, *args)) for r in range(world_size)
+    ]
     for proc in procs:
         proc.start()
     return procs
@@ -250,6 +264,36 @@ def test_two_processes_train_as_one_for_every_gradient_path(tmp_path):
         epochs = 1 if name == "manual-resumed-by-2" else 2  # its first epoch was one process's
         assert [a + b for a, b in zip(*rows)] == batches * epochs, name
         assert all(0 <= a - b <= 1 for a, b in zip(*rows)), name  # rank 0 takes the odd row
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_two_processes_sharing_one_cuda_gpu_train_as_one(tmp_path):
+    """The multi-process step on CUDA tensors: the same parameters as one process on the GPU, bit-equal ranks.
+
+    ``torchrun`` gives each process a GPU of its own and nccl refuses two processes on one, but gloo
+    reduces CUDA tensors too: in a group joined before ``train``, both processes on ``cuda:0``, a
+    machine with a single GPU still runs ``all_reduce_step``'s device-side weights and copies.
+    """
+    folder = imbalanced_folder(tmp_path / "images")
+    weighted = dict(dataset="folder", data_root=folder, val_fraction=0.2, balance="weights")
+    cases: dict[str, tuple[TrainConfig, str | Path | None]] = {
+        name: (replace(config(tmp_path / name, backend, batch_size, **data), device="cuda"), None)
+        for name, backend, batch_size, data in (
+            ("builtin", "builtin", 13, {}),
+            ("custom", "custom", 53, {}),  # the last batch 1 + 0: an empty shard
+            ("manual-weighted", "manual", 7, weighted),  # a shard weighs Σ w_y, on the GPU
+        )
+    }
+    codes = finish(launch(tmp_path, train_cases, cases, tmp_path, one_gpu=True))
+    assert codes == [0, 0], (tmp_path / "rank0.err").read_text()[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True, map_location="cpu") for r in range(2)]
+    for name, (cfg, _) in cases.items():
+        alone = TrainConfig.from_dict({**cfg.to_dict(), "runs_dir": str(tmp_path / "alone" / name)})
+        assert train(alone)["status"] == "completed"
+        got = last_params(only_run(cfg.runs_dir))
+        assert_close(got, last_params(only_run(tmp_path / "alone" / name)), name)
+        for rank in ranks:
+            assert all(torch.equal(rank[name]["params"][k], got[k].cpu()) for k in got), name
 
 
 # --------------------------------------------------------------------------- stopping, and losing a process
