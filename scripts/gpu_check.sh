@@ -56,7 +56,8 @@ step() {
 "$PY" - <<'EOF' | tee -a "$LOG"
 import importlib.util, torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
-missing = [m for m in ("torchvision", "tensorboard", "PIL", "tqdm", "pytest", "hypothesis") if importlib.util.find_spec(m) is None]
+wanted = ("torchvision", "tensorboard", "matplotlib", "optuna", "numpy", "PIL", "tqdm", "pytest", "hypothesis")
+missing = [m for m in wanted if importlib.util.find_spec(m) is None]
 print("missing modules:", ", ".join(missing) or "none")
 EOF
 
