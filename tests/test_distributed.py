@@ -184,6 +184,18 @@ def assert_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
 # --------------------------------------------------------------------------- N processes compute what one computes
 
 
+def assert_trained_as_one(name: str, cfg: TrainConfig, ranks: list[dict[str, Any]], alone_root: Path) -> None:
+    """The processes' run of ``cfg`` ends where one process alone, here, ends it with the same global
+    batch and seed (≤ ``RELATIVE``), and every process (``ranks``: each one's record, on the CPU) holds
+    those parameters bit for bit."""
+    alone = TrainConfig.from_dict({**cfg.to_dict(), "runs_dir": str(alone_root / name)})
+    assert train(alone)["status"] == "completed"
+    got = last_params(only_run(cfg.runs_dir))
+    assert_close(got, last_params(only_run(alone_root / name)), name)
+    for rank in ranks:
+        assert all(torch.equal(rank[name]["params"][k], got[k].cpu()) for k in got), name
+
+
 class Record(Callback):
     """The rows of each of this process's batches, and the parameters it ended its last epoch with."""
 
@@ -249,15 +261,7 @@ def test_two_processes_train_as_one_for_every_gradient_path(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     for name, (cfg, _) in cases.items():
-        # one process alone, here, with the same global batch and seed
-        alone = TrainConfig.from_dict({**cfg.to_dict(), "runs_dir": str(tmp_path / "alone" / name)})
-        assert train(alone)["status"] == "completed"
-        expected = last_params(only_run(tmp_path / "alone" / name))
-        got = last_params(only_run(cfg.runs_dir))
-        assert_close(got, expected, name)
-        # every process holds the same parameters, bit for bit, each having trained on its rows only
-        for rank in ranks:
-            assert all(torch.equal(rank[name]["params"][k], got[k]) for k in got), name
+        assert_trained_as_one(name, cfg, ranks, tmp_path / "alone")  # each process having trained on its rows only
         rows = [ranks[0][name]["rows"], ranks[1][name]["rows"]]
         n = 17 if cfg.data.dataset == "folder" else 54
         batches = [min(cfg.batch_size, n - i) for i in range(0, n, cfg.batch_size)]
@@ -288,12 +292,7 @@ def test_two_processes_sharing_one_cuda_gpu_train_as_one(tmp_path):
     assert codes == [0, 0], (tmp_path / "rank0.err").read_text()[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True, map_location="cpu") for r in range(2)]
     for name, (cfg, _) in cases.items():
-        alone = TrainConfig.from_dict({**cfg.to_dict(), "runs_dir": str(tmp_path / "alone" / name)})
-        assert train(alone)["status"] == "completed"
-        got = last_params(only_run(cfg.runs_dir))
-        assert_close(got, last_params(only_run(tmp_path / "alone" / name)), name)
-        for rank in ranks:
-            assert all(torch.equal(rank[name]["params"][k], got[k].cpu()) for k in got), name
+        assert_trained_as_one(name, cfg, ranks, tmp_path / "alone")
 
 
 # --------------------------------------------------------------------------- stopping, and losing a process
