@@ -219,8 +219,10 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def gemm_calls(model: Classifier, batch: int, device: torch.device) -> tuple[Callable[[], None], float]:
-    """Bare ``torch.mm`` calls on the GEMM shapes of one training step, and their FLOPs."""
+def gemm_calls(
+    model: Classifier, batch: int, device: torch.device, matmul: Callable[[torch.Tensor, torch.Tensor], Any] = torch.mm
+) -> tuple[Callable[[], None], float]:
+    """``matmul`` calls (``torch.mm`` or :func:`onednn_matmul`'s) on one training step's GEMM shapes; their FLOPs."""
     generator = torch.Generator(device).manual_seed(0)
     shapes = []  # (rows, inner, cols) of each product
     for i, layer in enumerate(model.layers):
@@ -237,9 +239,34 @@ def gemm_calls(model: Classifier, batch: int, device: torch.device) -> tuple[Cal
 
     def run() -> None:
         for a, b in operands:
-            torch.mm(a, b)
+            matmul(a, b)
 
     return run, flops
+
+
+def onednn_matmul() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """``a @ b`` by oneDNN's matmul on the CPU (float32), or ``None`` where this PyTorch has no such op.
+
+    ``torch.mm`` on the CPU is MKL's sgemm, and MKL runs its AVX2 kernels on x86 processors that
+    are not Intel's, whatever vector units they have; oneDNN, which PyTorch also ships (its compiler
+    calls it), chooses kernels by the instruction sets it finds: AVX-512 on AMD's Zen 4 and 5 (see
+    README, "Performance"). ``bench --end-to-end`` times it on the same shapes beside ``torch.mm``,
+    so that a GEMM limit at MKL's rate is not taken for the machine's. It is PyTorch's private op
+    ``torch.ops.mkldnn._linear_pointwise`` (``X Wᵀ + b``): measured here, never trained with; a
+    release without it, or with another signature, gives ``None``.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        linear = torch.ops.mkldnn._linear_pointwise
+
+        def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return linear(a, b.T, None, "none", [], "")  # a (bᵀ)ᵀ = a b
+
+        works = torch.equal(matmul(torch.ones(2, 3), torch.full((3, 4), 2.0)), torch.full((2, 4), 6.0))
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return matmul if works else None
 
 
 @dataclass

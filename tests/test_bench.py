@@ -16,6 +16,7 @@ from mlp_torch.bench import (
     interleaved_medians,
     interleaved_times,
     keep_freed_memory,
+    onednn_matmul,
     paired_ratios,
     saved_bytes,
 )
@@ -98,6 +99,46 @@ def test_gemm_reference_counts_the_step_flops() -> None:
     _, flops = gemm_calls(model, 32, torch.device("cpu"))
     forward = 2 * 32 * (48 * 16 + 16 * 8 + 8 * 3)
     assert flops == 3 * forward - 2 * 32 * 48 * 16  # forward, dW, and dx for every layer but the first
+
+
+@pytest.mark.skipif(onednn_matmul() is None, reason="this PyTorch has no oneDNN matmul op")
+@pytest.mark.parametrize("shape", [(128, 3072, 512), (7, 5, 3), (1, 64, 1)])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "transposed"])
+def test_onednn_matmul_is_a_times_b_to_float32_rounding(shape: tuple[int, int, int], strided: bool) -> None:
+    """The product the end-to-end bench times by oneDNN is ``a @ b``, as ``torch.mm``'s is, to float32 rounding."""
+    m, k, n = shape
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    if strided:  # the step's dW = daᵀ x reads a transposed view
+        a, b = torch.randn(k, m, generator=g).T, torch.randn(n, k, generator=g).T
+    matmul = onednn_matmul()
+    assert matmul is not None
+    got = matmul(a, b)
+    exact = a.double() @ b.double()
+    bound = (a.double().abs() @ b.double().abs()) * k * torch.finfo(torch.float32).eps  # |Σ| rounding, k terms
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got.double() - exact).abs() <= bound).all()  # a transposed or misplaced operand is off by O(|a||b|)
+
+
+def test_onednn_matmul_is_none_without_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert onednn_matmul() is None
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no such op"), TypeError("signature changed")])
+def test_onednn_matmul_is_none_where_the_private_op_changed(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """A later PyTorch may rename ``torch.ops.mkldnn._linear_pointwise`` or change its arguments: no figure then."""
+
+    def changed(*args: object) -> torch.Tensor:
+        raise error
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", changed, raising=False)
+    assert onednn_matmul() is None
+
+
+def test_onednn_matmul_is_none_where_the_private_op_computes_something_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda x, w, *rest: x @ w, raising=False)  # W, not Wᵀ
+    assert onednn_matmul() is None
 
 
 def test_interleaved_medians_calls_every_variant_warmup_plus_rounds_times() -> None:

@@ -17,12 +17,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlp_torch import cli
-from mlp_torch.bench import gemm_calls
+from mlp_torch.bench import gemm_calls, onednn_matmul
 from mlp_torch.data import DataOptions
 from mlp_torch.errors import MlpTorchError, UsageError
 from mlp_torch.models import build_model
 from mlp_torch.training import bench_end_to_end
-from mlp_torch.training.bench_end_to_end import GemmRate, forward_flops
+from mlp_torch.training.bench_end_to_end import GemmRate, forward_flops, onednn_line
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {
@@ -65,7 +65,30 @@ def test_end_to_end_writes_the_documented_json(tmp_path, monkeypatch, capsys):
     assert e["plain_pytorch_epoch_seconds_min"] == e["plain_pytorch_epoch_seconds"]
     assert all(e[k] > 0 for k in ("epoch_seconds", "gemm_limit_epoch_seconds", "plain_pytorch_epoch_seconds"))
     assert 0 <= e["accuracy"] <= 1 and 0 <= e["plain_pytorch_accuracy"] <= 1
-    assert "vs_plain_pytorch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "vs_plain_pytorch" in out
+    # the same GEMMs by oneDNN, on the CPU where this PyTorch has it: the limit at that rate
+    if onednn_matmul() is None:
+        assert e["onednn_gflops_per_second"] is None is e["onednn_gemm_limit_epoch_seconds"]
+        assert "oneDNN" not in out
+    else:
+        onednn_limit = e["gemm_limit_epoch_seconds"] * e["gemm_gflops_per_second"] / e["onednn_gflops_per_second"]
+        assert e["onednn_gemm_limit_epoch_seconds"] == pytest.approx(onednn_limit)
+        assert "the GEMMs by oneDNN" in out
+
+
+@pytest.mark.parametrize(
+    ("onednn", "said"),
+    [(None, None), (200.0, ""), (480.0, ": MKL holds this CPU back (README, Performance)")],
+)
+def test_the_report_says_when_onednn_outruns_torch_mm(onednn, said):
+    e = {"gemm_gflops_per_second": 200.0, "onednn_gflops_per_second": onednn, "onednn_gemm_limit_epoch_seconds": 0.1}
+    lines = onednn_line(e)
+    if said is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].endswith(f"x torch.mm{said})")
+        assert f"{onednn / 200:.1f}x" in lines[0]
 
 
 def test_the_gemm_rate_brackets_the_epochs_it_is_compared_with(tmp_path, monkeypatch):
@@ -90,6 +113,8 @@ def test_the_gemm_rate_brackets_the_epochs_it_is_compared_with(tmp_path, monkeyp
     seconds, _, state, gemm_rate = bench_end_to_end.train_ours(tmp_path, data, settings, "cpu", seed=0)
     assert events == ["rate", "epoch", "epoch", "rate"] and len(seconds) == 2
     assert len(gemm_rate.rates) == 6 and all(r > 0 for r in gemm_rate.rates)
+    assert len(gemm_rate.onednn_rates) == (0 if onednn_matmul() is None else 6)  # timed beside, at the same moments
+    assert all(r > 0 for r in gemm_rate.onednn_rates)
     sizes = [48, *state.config.hidden, 3]  # the run's own layers: forward, dW, and dx above the first
     forward = sum(2 * n_in * n_out for n_in, n_out in zip(sizes, sizes[1:]))
     assert gemm_rate.forward_flops_per_image == forward

@@ -10,7 +10,9 @@ Three numbers, measured in one run on the same images and threads:
   epoch and just after the run (:class:`GemmRate`), so that it brackets the epochs. Per training
   image and layer ``in → out``: ``2·in·out`` for the forward ``x Wᵀ``, as many for ``dW = daᵀ x``
   and, above the first layer, for ``dx = da W``; per validation image the forward.
-  ``gemm_fraction`` = limit / measured: 1.0 would mean nothing but GEMMs;
+  ``gemm_fraction`` = limit / measured: 1.0 would mean nothing but GEMMs. On the CPU the same
+  GEMMs are timed through oneDNN beside them (``onednn_gflops_per_second``): ``torch.mm`` is MKL's,
+  which on x86 CPUs not made by Intel runs its AVX2 kernels, so there the machine's limit is lower;
 * ``plain_pytorch_epoch_seconds``: the same job written as an idiomatic script
   (``scripts/plain_pytorch_baseline.py``: ImageFolder + DataLoader + torchvision transforms +
   ``nn.Sequential``, at the best DataLoader worker count it finds), run as its own process.
@@ -38,7 +40,7 @@ from typing import Any
 
 import torch
 
-from ..bench import Spread, gemm_calls, time_call
+from ..bench import Spread, gemm_calls, onednn_matmul, time_call
 from ..data import DataOptions, load_data
 from ..errors import MlpTorchError, UsageError
 from ..models import Classifier
@@ -53,6 +55,8 @@ BASELINE_SCRIPT = REPO / "scripts" / "plain_pytorch_baseline.py"
 # where the real JPEGs are looked for after --data-root: beside the checkout, as on the team's machines
 SHARED_JPEGS = (Path("..") / "shared" / "data" / "cifar10-jpg", REPO.parent / "shared" / "data" / "cifar10-jpg")
 CLASSES = ("cat", "dog")
+# oneDNN this much faster than torch.mm on the same GEMMs: more than two runs' noise, MKL's code path
+MKL_HELD_BACK = 1.25
 
 
 @dataclass
@@ -139,28 +143,37 @@ class GemmRate(Callback):
 
     :func:`train_ours` measures it again once the run has ended, so the limit brackets the very
     epochs it is compared with: a machine that runs slower for a while (other jobs, clocks) slows both.
-    The calls and their FLOPs are ``mlp-torch bench``'s (:func:`~mlp_torch.bench.gemm_calls`).
+    The calls and their FLOPs are ``mlp-torch bench``'s (:func:`~mlp_torch.bench.gemm_calls`). On a
+    CPU the same calls through oneDNN (:func:`~mlp_torch.bench.onednn_matmul`) are timed beside
+    them, for the report only: where MKL holds back, the machine's GEMMs are faster than ``torch.mm``'s.
     """
 
     def __init__(self, batch_size: int, rounds: int) -> None:
         self.batch_size, self.rounds = batch_size, rounds
         self.gemms: Callable[[], None] | None = None
+        self.onednn_gemms: Callable[[], None] | None = None
         self.train_flops_per_image = 0.0
         self.forward_flops_per_image = 0.0
         self.rates: list[float] = []  # FLOP/s, one figure per round
+        self.onednn_rates: list[float] = []  # the same through oneDNN (CPU, float32, where PyTorch has it)
 
     def on_train_start(self, state: TrainState) -> None:
         self.gemms, flops = gemm_calls(state.model, self.batch_size, state.device)
+        matmul = onednn_matmul() if state.device.type == "cpu" else None
+        if matmul is not None:
+            self.onednn_gemms, _ = gemm_calls(state.model, self.batch_size, state.device, matmul)
         self.train_flops_per_image = flops / self.batch_size
         self.forward_flops_per_image = forward_flops(state.model)
         self.measure(state.device)
 
     def measure(self, device: torch.device) -> None:
-        """One warm-up call of the GEMMs, then ``rounds`` timed ones: their FLOP/s into :attr:`rates`."""
+        """One warm-up call of the GEMMs, then ``rounds`` timed ones: their FLOP/s into :attr:`rates` (and oneDNN's)."""
         assert self.gemms is not None, "on_train_start first"
         clock = "cuda-events" if device.type == "cuda" else "wall"
-        times = [time_call(self.gemms, device, clock) for _ in range(self.rounds + 1)][1:]
-        self.rates += [self.train_flops_per_image * self.batch_size / (ms / 1e3) for ms in times]
+        for gemms, rates in ((self.gemms, self.rates), (self.onednn_gemms, self.onednn_rates)):
+            if gemms is not None:
+                times = [time_call(gemms, device, clock) for _ in range(self.rounds + 1)][1:]
+                rates += [self.train_flops_per_image * self.batch_size / (ms / 1e3) for ms in times]
 
 
 def forward_flops(model: Classifier) -> float:
@@ -248,6 +261,7 @@ def run_end_to_end(data_root: Path, device: torch.device, settings: EndToEndSett
         n_train, n_val = len(state.data.train), len(state.data.val)
         baseline = run_baseline(root, settings, device, seed, threads)
     rate = statistics.median(gemm_rate.rates)
+    onednn_rate = statistics.median(gemm_rate.onednn_rates) if gemm_rate.onednn_rates else None
     epoch_flops = n_train * gemm_rate.train_flops_per_image + n_val * gemm_rate.forward_flops_per_image
     limit = epoch_flops / rate
     ours, theirs = Spread.of(seconds), Spread.of(baseline["epoch_seconds_each"])
@@ -270,6 +284,9 @@ def run_end_to_end(data_root: Path, device: torch.device, settings: EndToEndSett
             "gemm_gflops_per_second": rate / 1e9,
             "gemm_limit_epoch_seconds": limit,
             "gemm_fraction": limit / epoch,
+            # the same GEMMs through oneDNN (CPU; None elsewhere): above torch.mm's, MKL holds this CPU back
+            "onednn_gflops_per_second": None if onednn_rate is None else onednn_rate / 1e9,
+            "onednn_gemm_limit_epoch_seconds": None if onednn_rate is None else epoch_flops / onednn_rate,
             "plain_pytorch_epoch_seconds": plain,
             "plain_pytorch_epoch_seconds_min": theirs.min,
             "plain_pytorch_epoch_seconds_iqr": theirs.iqr,
@@ -294,9 +311,22 @@ def format_end_to_end(report: dict[str, Any]) -> str:
             f"(min {e['epoch_seconds_min']:.3f}, IQR {e['epoch_seconds_iqr']:.3f}, mean {e['epoch_seconds_mean']:.3f})",
             f"  GEMM limit               {e['gemm_limit_epoch_seconds']:8.3f} s/epoch   "
             f"({e['gemm_gflops_per_second']:.0f} GFLOP/s of torch.mm)   gemm_fraction {e['gemm_fraction']:.2f}",
+            *onednn_line(e),
             f"  plain PyTorch script     {e['plain_pytorch_epoch_seconds']:8.3f} s/epoch   "
             f"test accuracy {100 * e['plain_pytorch_accuracy']:.2f} %   ({e['plain_pytorch_workers']} workers; "
             f"min {e['plain_pytorch_epoch_seconds_min']:.3f}, IQR {e['plain_pytorch_epoch_seconds_iqr']:.3f})",
             f"  vs_plain_pytorch         {e['vs_plain_pytorch']:8.3f}",
         ]
     )
+
+
+def onednn_line(e: dict[str, Any]) -> list[str]:
+    """The report's line on the same GEMMs through oneDNN, where they were timed."""
+    if e.get("onednn_gflops_per_second") is None:
+        return []
+    times = e["onednn_gflops_per_second"] / e["gemm_gflops_per_second"]
+    why = ": MKL holds this CPU back (README, Performance)" if times > MKL_HELD_BACK else ""
+    return [
+        f"  the GEMMs by oneDNN      {e['onednn_gemm_limit_epoch_seconds']:8.3f} s/epoch   "
+        f"({e['onednn_gflops_per_second']:.0f} GFLOP/s, {times:.1f}x torch.mm{why})"
+    ]
